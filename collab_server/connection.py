@@ -1,0 +1,140 @@
+"""One client's WebSocket as a pycrdt `Channel`, with a bounded send queue and its own writer.
+
+pycrdt-websocket ships no Starlette adapter, and its rooms start one task per message sent.
+Here every connection owns exactly one writer task that drains a queue: the room never waits
+on a slow socket, and a client that stops reading is closed (1013, it resyncs on reconnect)
+once `send_queue_max_bytes` are queued, instead of growing memory or being silently skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from .closecodes import CloseCode
+from .protocol import ProtocolError, committed_message
+
+logger = logging.getLogger(__name__)
+
+
+class Connection:
+    """A client connection to one room (implements `pycrdt.Channel`)."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        room_id: str,
+        *,
+        send_queue_max_bytes: int,
+        wants_acks: bool = False,
+    ) -> None:
+        self._websocket = websocket
+        self._room_id = room_id
+        self._send_queue_max_bytes = send_queue_max_bytes
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._wake_writer = asyncio.Event()
+        self._close: tuple[int, str] | None = None
+        self.wants_acks = wants_acks
+        #: Document update messages received from this client, and how many are committed.
+        self.updates_received = 0
+        self.updates_committed = 0
+        #: Updates from this client queued or in a commit not yet finished.
+        self.uncommitted = 0
+        #: Awareness client ids this connection has announced (removed when it closes).
+        self.awareness_ids: set[int] = set()
+
+    @property
+    def path(self) -> str:
+        return self._room_id
+
+    @property
+    def closing(self) -> bool:
+        return self._close is not None
+
+    def __aiter__(self) -> Connection:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._close is not None:
+            raise StopAsyncIteration
+        try:
+            message = await self._websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            raise StopAsyncIteration from None
+        if message["type"] == "websocket.disconnect":
+            raise StopAsyncIteration
+        data = message.get("bytes")
+        if data is None:
+            raise ProtocolError("text frames are not part of the protocol")
+        return bytes(data)
+
+    async def recv(self) -> bytes:
+        return await self.__anext__()
+
+    async def send(self, message: bytes) -> None:
+        self.send_nowait(message)
+
+    def send_nowait(self, message: bytes) -> None:
+        """Queue a frame for the writer; close the client if it has stopped reading."""
+        if self._close is not None:
+            return
+        self._queue.append(message)
+        self._queued_bytes += len(message)
+        self._wake_writer.set()
+        if self._queued_bytes > self._send_queue_max_bytes:
+            logger.warning("room %s: closing a client that does not read", self._room_id)
+            self.close(CloseCode.TRY_AGAIN_LATER, "client too slow: reconnect to resync")
+
+    def acknowledge(self, committed: int) -> None:
+        """Tell an `?ack=1` client how many of its update messages are committed."""
+        if committed > self.updates_committed:
+            self.updates_committed = committed
+            if self.wants_acks:
+                self.send_nowait(committed_message(committed))
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after the frames already queued are sent (idempotent)."""
+        if self._close is None:
+            self._close = (int(code), reason)
+            self._wake_writer.set()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Run the writer for the duration of the block; close the socket at the end."""
+        writer = asyncio.create_task(self._write(), name=f"writer:{self._room_id}")
+        try:
+            yield
+        finally:
+            if self._close is None:
+                self.close(1000, "")
+            with suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(writer), timeout=5)
+            writer.cancel()
+            with suppress(BaseException):
+                await writer
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                while self._queue:
+                    message = self._queue.popleft()
+                    self._queued_bytes -= len(message)
+                    if self._close is not None and self._close[0] == CloseCode.TRY_AGAIN_LATER:
+                        break  # a slow client's backlog is dropped: it resyncs on reconnect
+                    await self._websocket.send_bytes(message)
+                if self._close is not None:
+                    break
+                self._wake_writer.clear()
+                await self._wake_writer.wait()
+            code, reason = self._close
+            if self._websocket.application_state != WebSocketState.DISCONNECTED:
+                await self._websocket.close(code, reason)
+        except Exception:
+            # The peer went away: the reader side sees the disconnect and ends the session.
+            self._close = self._close or (1006, "")

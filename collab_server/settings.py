@@ -1,0 +1,66 @@
+"""All configuration, in one object passed down from `create_app` (environment prefix `COLLAB_`).
+
+Every limit has a name, a default and a reason; `docs/configuration.md` lists them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COLLAB_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///collab.sqlite3",
+        description="postgresql://user@host:port/db or sqlite:///path. The default needs no "
+        "setup: a SQLite file in the working directory.",
+    )
+    host: str = Field("127.0.0.1", description="Interface `serve` binds to.")
+    port: int = Field(8000, description="Port `serve` listens on.")
+    db_pool_size: int = Field(10, description="PostgreSQL connections kept open per process.")
+
+    max_update_bytes: int = Field(
+        1 * MIB,
+        description="Largest WebSocket frame accepted, enforced by the WebSocket layer before "
+        "buffering (close 1009). 1 MiB holds a paste of ~500k characters.",
+    )
+    max_awareness_bytes: int = Field(
+        64 * 1024,
+        description="Largest awareness message (cursor, name, colour): a few hundred bytes in "
+        "practice (close 1009).",
+    )
+    max_pending_updates: int = Field(
+        10_000,
+        description="Updates of one room waiting for their commit before the server stops "
+        "reading from that room's sockets (backpressure: a fast writer is throttled, never "
+        "dropped).",
+    )
+    send_queue_max_bytes: int = Field(
+        64 * MIB,
+        description="Bytes queued for one client that does not read. Past it the client is "
+        "closed with 1013 and resyncs on reconnect: memory stays bounded, nothing is skipped.",
+    )
+    ws_per_message_deflate: bool = Field(
+        False,
+        description="permessage-deflate roughly doubles server CPU for streams of tiny updates "
+        "(most frames are under 40 bytes); enable it for slow links with large documents.",
+    )
+    ws_ping_interval: float = Field(20.0, description="Seconds between WebSocket pings.")
+    ws_ping_timeout: float = Field(
+        120.0,
+        description="Seconds a client may take to answer a ping. uvicorn's 20 s default "
+        "closed clients that were busy applying a large backlog (1011).",
+    )
+    commit_retry_max_seconds: float = Field(
+        5.0, description="Longest pause between retries of a failed commit (database down)."
+    )
+    web_dist: Path = Field(
+        Path(__file__).parent / "web_dist", description="Built web client served at `/`."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")

@@ -1,0 +1,49 @@
+"""The WebSocket endpoint: `ws://HOST/ws/{room_id}`, the standard y-websocket protocol."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from fastapi import APIRouter, WebSocket
+
+from crdt_store import ROOM_ID_PATTERN, RoomNotFound, StoreUnavailable
+
+from .closecodes import CloseCode
+from .connection import Connection
+from .services import Services
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+_ROOM_ID = re.compile(ROOM_ID_PATTERN)
+
+
+@router.websocket("/ws/{room_id}")
+async def room_socket(websocket: WebSocket, room_id: str) -> None:
+    """Join a room. `?ack=1` opts into "committed" messages (see docs/protocol.md).
+
+    Refusals are sent as close codes after accepting, because browsers hide the HTTP status
+    of a refused upgrade; y-websocket stops retrying on 44xx.
+    """
+    services: Services = websocket.app.state.services
+    await websocket.accept()
+    if not _ROOM_ID.match(room_id):
+        await websocket.close(CloseCode.BAD_FRAME, "invalid room id")
+        return
+    if not services.migrated.is_set():
+        await websocket.close(CloseCode.TRY_AGAIN_LATER, "database not ready")
+        return
+    connection = Connection(
+        websocket,
+        room_id,
+        send_queue_max_bytes=services.settings.send_queue_max_bytes,
+        wants_acks=websocket.query_params.get("ack") == "1",
+    )
+    async with connection.running():
+        try:
+            await services.rooms.serve(connection)
+        except RoomNotFound:
+            connection.close(CloseCode.ROOM_NOT_FOUND, "room not found")
+        except StoreUnavailable:
+            logger.warning("room %s: cannot load, database unavailable", room_id)
+            connection.close(CloseCode.TRY_AGAIN_LATER, "database unavailable")

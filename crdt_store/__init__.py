@@ -1,0 +1,33 @@
+"""Storage of Yjs rooms: an append-only update log and snapshots, on PostgreSQL or SQLite.
+
+Knows rooms, updates, snapshots and databases; nothing of HTTP or WebSockets.
+"""
+
+from __future__ import annotations
+
+from .documents import TEXT_NAME, apply_updates, doc_from_state, text_of, text_update
+from .errors import RoomNotFound, StoreError, StoreUnavailable
+from .group_commit import GroupCommitter
+from .migrate import upgrade_database
+from .schema import ROOM_ID_PATTERN
+from .store import AppendResult, RoomPage, RoomRecord, RoomState, Store, new_room_id
+
+__all__ = [
+    "ROOM_ID_PATTERN",
+    "TEXT_NAME",
+    "AppendResult",
+    "GroupCommitter",
+    "RoomNotFound",
+    "RoomPage",
+    "RoomRecord",
+    "RoomState",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "apply_updates",
+    "doc_from_state",
+    "new_room_id",
+    "text_of",
+    "text_update",
+    "upgrade_database",
+]

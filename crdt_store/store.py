@@ -1,0 +1,334 @@
+"""The store: rooms, their append-only update logs and their snapshots, on PostgreSQL or SQLite.
+
+One API serves the server, the admin CLI and the tests; `tests/test_store.py` runs the same
+contract against both backends. Loading a room is "its snapshot, then every log row after it".
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from .errors import RoomNotFound, StoreUnavailable
+from .schema import room_snapshots, room_updates, rooms
+from .urls import async_url, is_postgresql, redact
+
+
+@dataclass(frozen=True)
+class RoomRecord:
+    """A room's metadata and the size of what is stored for it."""
+
+    id: str
+    name: str
+    language: str
+    created_at: datetime
+    head: int
+    log_updates: int
+    log_bytes: int
+    snapshot_bytes: int
+
+
+@dataclass(frozen=True)
+class RoomPage:
+    rooms: list[RoomRecord]
+    total: int
+
+
+@dataclass(frozen=True)
+class RoomState:
+    """Everything needed to rebuild a room's document: apply `snapshot`, then `updates` in order."""
+
+    room_id: str
+    snapshot: bytes | None
+    snapshot_seq: int
+    updates: list[bytes]
+    head: int
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """The head sequence number of each room after the append, and the rooms that were gone."""
+
+    heads: dict[str, int] = field(default_factory=dict)
+    missing: set[str] = field(default_factory=set)
+
+
+def new_room_id() -> str:
+    """A URL-safe random id (72 bits): unguessable enough that knowing it is the invitation."""
+    return secrets.token_urlsafe(9)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; everything we write is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+_ROOM_COLUMNS = (
+    rooms.c.id,
+    rooms.c.name,
+    rooms.c.language,
+    rooms.c.created_at,
+    rooms.c.head,
+    rooms.c.log_updates,
+    rooms.c.log_bytes,
+    func.coalesce(room_snapshots.c.state_bytes, 0).label("snapshot_bytes"),
+)
+_ROOM_SELECT = select(*_ROOM_COLUMNS).select_from(
+    rooms.outerjoin(room_snapshots, room_snapshots.c.room_id == rooms.c.id)
+)
+
+
+def _room_record(row: Any) -> RoomRecord:
+    return RoomRecord(
+        id=row.id,
+        name=row.name,
+        language=row.language,
+        created_at=_aware(row.created_at),
+        head=row.head,
+        log_updates=row.log_updates,
+        log_bytes=row.log_bytes,
+        snapshot_bytes=row.snapshot_bytes,
+    )
+
+
+class Store:
+    """Async access to the rooms, logs and snapshots of one database.
+
+    Usage::
+
+        store = Store.connect("postgresql://postgres@127.0.0.1:5432/collab")
+        room = await store.create_room(name="demo", language="python")
+        await store.append_updates(room.id, [update_bytes])
+        state = await store.load_room_state(room.id)
+        await store.close()
+    """
+
+    def __init__(self, engine: AsyncEngine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        self.is_postgresql = is_postgresql(url)
+
+    @classmethod
+    def connect(cls, url: str, *, pool_size: int = 10) -> Store:
+        """Create a store for `url` (`postgresql://...` or `sqlite:///path`); connects lazily."""
+        if is_postgresql(url):
+            engine = create_async_engine(
+                async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+        else:
+            engine = create_async_engine(async_url(url), connect_args={"timeout": 30})
+            _configure_sqlite(engine)
+        return cls(engine, url)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Store({redact(self.url)!r})"
+
+    @asynccontextmanager
+    async def _transaction(self, *, snapshot: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A transaction whose connection failures surface as `StoreUnavailable`.
+
+        `snapshot=True` reads every statement from one snapshot (REPEATABLE READ on PostgreSQL;
+        SQLite transactions always are), so a compaction committing between two reads cannot
+        make a load skip the rows it folded away.
+        """
+        try:
+            async with self.engine.connect() as conn:
+                if snapshot and self.is_postgresql:
+                    await conn.execution_options(isolation_level="REPEATABLE READ")
+                async with conn.begin():
+                    yield conn
+        except (OperationalError, InterfaceError) as error:
+            raise StoreUnavailable(f"database unavailable: {error.orig or error}") from error
+        except DBAPIError as error:
+            if error.connection_invalidated:
+                raise StoreUnavailable(f"database connection lost: {error.orig}") from error
+            raise
+
+    async def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the database answers a query."""
+        async with self._transaction() as conn:
+            await conn.execute(select(1))
+
+    async def create_room(
+        self, *, name: str, language: str, room_id: str | None = None
+    ) -> RoomRecord:
+        record = RoomRecord(
+            id=room_id or new_room_id(),
+            name=name,
+            language=language,
+            created_at=_now(),
+            head=0,
+            log_updates=0,
+            log_bytes=0,
+            snapshot_bytes=0,
+        )
+        async with self._transaction() as conn:
+            await conn.execute(
+                insert(rooms).values(
+                    id=record.id,
+                    name=record.name,
+                    language=record.language,
+                    created_at=record.created_at,
+                    head=0,
+                    log_updates=0,
+                    log_bytes=0,
+                )
+            )
+        return record
+
+    async def get_room(self, room_id: str) -> RoomRecord:
+        async with self._transaction() as conn:
+            row = (await conn.execute(_ROOM_SELECT.where(rooms.c.id == room_id))).one_or_none()
+        if row is None:
+            raise RoomNotFound(room_id)
+        return _room_record(row)
+
+    async def room_exists(self, room_id: str) -> bool:
+        async with self._transaction() as conn:
+            found = await conn.scalar(select(rooms.c.id).where(rooms.c.id == room_id))
+        return found is not None
+
+    async def list_rooms(self, *, limit: int = 50, offset: int = 0) -> RoomPage:
+        """Rooms, newest first."""
+        async with self._transaction() as conn:
+            total = await conn.scalar(select(func.count()).select_from(rooms))
+            result = await conn.execute(
+                _ROOM_SELECT.order_by(rooms.c.created_at.desc(), rooms.c.id)
+                .limit(limit)
+                .offset(offset)
+            )
+            records = [_room_record(row) for row in result]
+        return RoomPage(rooms=records, total=total or 0)
+
+    async def update_room(
+        self, room_id: str, *, name: str | None = None, language: str | None = None
+    ) -> RoomRecord:
+        values = {
+            key: value for key, value in (("name", name), ("language", language)) if value is not None
+        }
+        if values:
+            async with self._transaction() as conn:
+                result = await conn.execute(
+                    update(rooms).where(rooms.c.id == room_id).values(**values)
+                )
+                if result.rowcount == 0:
+                    raise RoomNotFound(room_id)
+        return await self.get_room(room_id)
+
+    async def delete_room(self, room_id: str) -> None:
+        """Delete the room and all its data (children first: SQLite may not enforce cascades)."""
+        async with self._transaction() as conn:
+            await conn.execute(delete(room_updates).where(room_updates.c.room_id == room_id))
+            await conn.execute(delete(room_snapshots).where(room_snapshots.c.room_id == room_id))
+            result = await conn.execute(delete(rooms).where(rooms.c.id == room_id))
+            if result.rowcount == 0:
+                raise RoomNotFound(room_id)
+
+    async def append_updates(self, room_id: str, updates: Sequence[bytes]) -> int:
+        """Append to one room's log in one transaction; returns the seq of the last update."""
+        result = await self.append_batches({room_id: updates})
+        if room_id in result.missing:
+            raise RoomNotFound(room_id)
+        return result.heads.get(room_id, 0)
+
+    async def append_batches(self, batches: Mapping[str, Sequence[bytes]]) -> AppendResult:
+        """Append to several rooms' logs in ONE transaction with one multi-row INSERT.
+
+        Each room's head counter is bumped first, in room-id order (a fixed lock order, so two
+        processes appending to the same rooms cannot deadlock). Rooms deleted meanwhile are
+        reported in `missing` and do not fail the others.
+        """
+        now = _now()
+        result = AppendResult()
+        rows: list[dict[str, Any]] = []
+        async with self._transaction() as conn:
+            for room_id in sorted(batches):
+                updates = batches[room_id]
+                if not updates:
+                    continue
+                count = len(updates)
+                head = await conn.scalar(
+                    update(rooms)
+                    .where(rooms.c.id == room_id)
+                    .values(
+                        head=rooms.c.head + count,
+                        log_updates=rooms.c.log_updates + count,
+                        log_bytes=rooms.c.log_bytes + sum(map(len, updates)),
+                    )
+                    .returning(rooms.c.head)
+                )
+                if head is None:
+                    result.missing.add(room_id)
+                    continue
+                first = head - count + 1
+                rows.extend(
+                    {"room_id": room_id, "seq": first + i, "data": data, "created_at": now}
+                    for i, data in enumerate(updates)
+                )
+                result.heads[room_id] = head
+            if rows:
+                await conn.execute(insert(room_updates), rows)
+        return result
+
+    async def load_room_state(self, room_id: str) -> RoomState:
+        """The room's snapshot and the log rows after it, read from one consistent snapshot."""
+        async with self._transaction(snapshot=True) as conn:
+            head = await conn.scalar(select(rooms.c.head).where(rooms.c.id == room_id))
+            if head is None:
+                raise RoomNotFound(room_id)
+            snapshot = (
+                await conn.execute(
+                    select(room_snapshots.c.upto_seq, room_snapshots.c.state).where(
+                        room_snapshots.c.room_id == room_id
+                    )
+                )
+            ).one_or_none()
+            snapshot_seq = snapshot.upto_seq if snapshot else 0
+            updates = (
+                await conn.scalars(
+                    select(room_updates.c.data)
+                    .where(room_updates.c.room_id == room_id, room_updates.c.seq > snapshot_seq)
+                    .order_by(room_updates.c.seq)
+                )
+            ).all()
+        return RoomState(
+            room_id=room_id,
+            snapshot=snapshot.state if snapshot else None,
+            snapshot_seq=snapshot_seq,
+            updates=list(updates),
+            head=head,
+        )
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL for concurrent readers, a busy timeout for the admin CLI beside a live server, and
+    BEGIN IMMEDIATE so a transaction that reads then writes never fails to upgrade its lock."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,38 @@
+"""Database URLs: users write plain `postgresql://` and `sqlite:///` URLs; drivers are our choice."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import URL, make_url
+
+_ASYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+aiosqlite"}
+_SYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite"}
+
+
+def _backend(url: URL) -> str:
+    backend = url.get_backend_name()
+    if backend == "postgres":
+        return "postgresql"
+    if backend not in _ASYNC_DRIVERS:
+        raise ValueError(f"unsupported database URL scheme {url.drivername!r}: use postgresql or sqlite")
+    return backend
+
+
+def async_url(raw: str) -> URL:
+    """The URL with the async driver the store runs on (psycopg 3 or aiosqlite)."""
+    url = make_url(raw)
+    return url.set(drivername=_ASYNC_DRIVERS[_backend(url)])
+
+
+def sync_url(raw: str) -> URL:
+    """The URL with a blocking driver, for Alembic migrations."""
+    url = make_url(raw)
+    return url.set(drivername=_SYNC_DRIVERS[_backend(url)])
+
+
+def is_postgresql(raw: str) -> bool:
+    return _backend(make_url(raw)) == "postgresql"
+
+
+def redact(raw: str) -> str:
+    """The URL with its password hidden, for logs and error messages."""
+    return make_url(raw).render_as_string(hide_password=True)
