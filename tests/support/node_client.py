@@ -97,6 +97,12 @@ class NodeYClient:
             await task  # both end at EOF once the process is gone
         self._proc = None
 
+    async def kill(self) -> None:
+        """SIGKILL the Node process: its socket drops with no goodbye, like a crashed tab."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            await self._proc.wait()
+
     @property
     def stderr(self) -> str:
         """Everything the Node process logged so far, for assertion messages."""

@@ -1,0 +1,37 @@
+# Two commands set a fresh machine up: `make serve` runs the server, `make test` runs every test.
+# Each target installs what it needs first (a virtualenv in .venv, npm packages, the web build).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test install web node-deps lint bench-smoke
+
+serve: install web
+	$(BIN)/collab-server serve
+
+test: install web node-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+web: collab_server/web_dist/index.html
+
+collab_server/web_dist/index.html: web/package-lock.json $(shell find web/src web/index.html web/vite.config.ts -type f 2>/dev/null)
+	cd web && npm ci --no-audit --no-fund && npm run build
+
+node-deps: tests/node/node_modules/.package-lock.json
+
+tests/node/node_modules/.package-lock.json: tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund
+
+lint: install
+	$(BIN)/ruff check collab_server crdt_store tests bench
+	$(BIN)/ruff format --check collab_server crdt_store tests bench
+	$(BIN)/mypy

@@ -1,0 +1,171 @@
+"""The store contract, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from pycrdt import Doc, Text
+
+from crdt_store import (
+    GroupCommitter,
+    RoomNotFound,
+    Store,
+    StoreUnavailable,
+    doc_from_state,
+    text_of,
+    text_update,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def typed_updates(text: str) -> list[bytes]:
+    """One update per character, as an editor produces them."""
+    doc = Doc()
+    code = doc.get("code", type=Text)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    for char in text:
+        code.insert(len(code), char)
+    return updates
+
+
+async def loaded_text(store: Store, room_id: str) -> str:
+    return text_of(doc_from_state(await store.load_room_state(room_id)))
+
+
+async def test_created_room_can_be_read_back(store: Store) -> None:
+    created = await store.create_room(name="Pairing", language="python")
+    fetched = await store.get_room(created.id)
+    assert (fetched.id, fetched.name, fetched.language) == (created.id, "Pairing", "python")
+    assert fetched.created_at == created.created_at
+    assert (fetched.head, fetched.log_updates, fetched.snapshot_bytes) == (0, 0, 0)
+
+
+async def test_room_ids_are_url_safe_and_unique(store: Store) -> None:
+    ids = {(await store.create_room(name="r", language="plaintext")).id for _ in range(20)}
+    assert len(ids) == 20
+    assert all(id_.replace("-", "").replace("_", "").isalnum() for id_ in ids)
+
+
+async def test_unknown_room_raises_room_not_found(store: Store) -> None:
+    with pytest.raises(RoomNotFound):
+        await store.get_room("missing")
+    with pytest.raises(RoomNotFound):
+        await store.load_room_state("missing")
+    with pytest.raises(RoomNotFound):
+        await store.append_updates("missing", [text_update("x")])
+    with pytest.raises(RoomNotFound):
+        await store.delete_room("missing")
+
+
+async def test_list_rooms_is_paginated_newest_first(store: Store) -> None:
+    names = [f"room {i}" for i in range(5)]
+    for name in names:
+        await store.create_room(name=name, language="plaintext")
+    first = await store.list_rooms(limit=2, offset=0)
+    rest = await store.list_rooms(limit=10, offset=2)
+    assert first.total == rest.total == 5
+    assert [r.name for r in first.rooms + rest.rooms] == names[::-1]
+
+
+async def test_update_room_changes_name_and_language(store: Store) -> None:
+    room = await store.create_room(name="a", language="plaintext")
+    updated = await store.update_room(room.id, language="typescript")
+    assert (updated.name, updated.language) == ("a", "typescript")
+
+
+async def test_appended_updates_load_back_as_the_same_text(store: Store) -> None:
+    room = await store.create_room(name="r", language="plaintext")
+    text = "héllo wörld, 你好, 😀 emoji"
+    head = await store.append_updates(room.id, typed_updates(text))
+    assert head == len(text)
+    assert await loaded_text(store, room.id) == text
+
+
+async def test_log_stats_count_rows_and_bytes(store: Store) -> None:
+    room = await store.create_room(name="r", language="plaintext")
+    updates = typed_updates("abc")
+    await store.append_updates(room.id, updates)
+    record = await store.get_room(room.id)
+    assert (record.log_updates, record.log_bytes) == (3, sum(map(len, updates)))
+
+
+async def test_sequence_numbers_are_contiguous_under_concurrent_writers(store: Store) -> None:
+    room = await store.create_room(name="r", language="plaintext")
+    heads: list[int] = []
+
+    async def writer(char: str) -> None:
+        for update in typed_updates(char * 10):
+            heads.append(await store.append_updates(room.id, [update]))
+
+    async with anyio.create_task_group() as tg:
+        for char in "abcd":
+            tg.start_soon(writer, char)
+    assert sorted(heads) == list(range(1, 41))
+    state = await store.load_room_state(room.id)
+    assert (state.head, len(state.updates)) == (40, 40)
+
+
+async def test_append_batches_commits_several_rooms_and_reports_missing_ones(
+    store: Store,
+) -> None:
+    a = await store.create_room(name="a", language="plaintext")
+    b = await store.create_room(name="b", language="plaintext")
+    result = await store.append_batches(
+        {a.id: [text_update("A")], b.id: [text_update("B")], "gone": [text_update("C")]}
+    )
+    assert result.heads == {a.id: 1, b.id: 1}
+    assert result.missing == {"gone"}
+    assert await loaded_text(store, a.id) == "A"
+    assert await loaded_text(store, b.id) == "B"
+
+
+async def test_deleted_room_is_gone_with_its_log(store: Store) -> None:
+    room = await store.create_room(name="r", language="plaintext")
+    await store.append_updates(room.id, [text_update("x")])
+    await store.delete_room(room.id)
+    assert not await store.room_exists(room.id)
+    recreated = await store.create_room(name="r", language="plaintext", room_id=room.id)
+    assert await loaded_text(store, recreated.id) == ""
+
+
+async def test_group_committer_folds_concurrent_appends_into_one_transaction(
+    store: Store,
+) -> None:
+    rooms = [await store.create_room(name=str(i), language="plaintext") for i in range(3)]
+    transactions = 0
+    append_batches = store.append_batches
+
+    async def counting(batches):  # type: ignore[no-untyped-def]
+        nonlocal transactions
+        transactions += 1
+        return await append_batches(batches)
+
+    store.append_batches = counting  # type: ignore[method-assign]
+    async with GroupCommitter(store) as committer, anyio.create_task_group() as tg:
+        for room in rooms:
+            for update in typed_updates("xyz"):
+                tg.start_soon(committer.append, room.id, [update])
+    assert transactions <= 2  # the first append may commit alone; the rest join one batch
+    for room in rooms:
+        assert await loaded_text(store, room.id) == "xyz"
+
+
+async def test_group_committer_reports_a_deleted_room_without_failing_others(
+    store: Store,
+) -> None:
+    kept = await store.create_room(name="kept", language="plaintext")
+    async with GroupCommitter(store) as committer:
+        with pytest.raises(RoomNotFound):
+            await committer.append("gone", [text_update("x")])
+        assert await committer.append(kept.id, [text_update("y")]) == 1
+
+
+async def test_unreachable_database_raises_store_unavailable() -> None:
+    store = Store.connect("postgresql://nobody@127.0.0.1:1/none")
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+    finally:
+        await store.close()
