@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from pycrdt import YMessageType, YSyncMessageType, write_message, write_var_uint
 
+from .closecodes import CloseCode
+
 #: y-protocols' awareness "query" message: the client asks for every awareness state.
 QUERY_AWARENESS = 3
 #: Our opt-in message (`?ack=1`): [100, varUint(n)] tells a client that its first n document
@@ -26,6 +28,12 @@ EMPTY_UPDATE = b"\x00\x00"
 
 class ProtocolError(Exception):
     """The frame is not a well-formed y-websocket message; the reason goes into the close."""
+
+    close_code = CloseCode.BAD_FRAME
+
+
+class MessageTooBig(ProtocolError):
+    close_code = CloseCode.MESSAGE_TOO_BIG
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +112,7 @@ def parse_frame(data: bytes, *, max_awareness_bytes: int) -> Frame:
         raise ProtocolError(f"unknown sync message type {sync_type}")
     if message_type == YMessageType.AWARENESS:
         if len(data) > max_awareness_bytes:
-            raise ProtocolError("awareness message too large")
+            raise MessageTooBig("awareness message too large")
         payload, pos = read_var_bytes(data, pos)
         _expect_end(data, pos)
         return AwarenessUpdate(payload, _parse_awareness(payload))

@@ -116,7 +116,15 @@ class CollabRoom(YRoom):
             await self._work.wait()
             self._work.clear()
             while self._pending:
-                await self._flush()
+                batch, self._pending = self._pending, []
+                try:
+                    await self._flush(batch)
+                except Exception:
+                    # Nothing of the batch reached the document or the other clients; its
+                    # senders resync on reconnect and send their edits again.
+                    logger.exception("room %s: a batch failed; closing its senders", self.room_id)
+                    for origin in {origin for _, origin in batch if origin is not None}:
+                        origin.close(CloseCode.INTERNAL_ERROR, "internal error: reconnect")
             self._idle.set()
 
     def send_server_awareness(self, type: str, changes: tuple[dict[str, Any], Any]) -> None:
@@ -136,7 +144,7 @@ class CollabRoom(YRoom):
                     await self._capacity.wait()
         except ProtocolError as error:
             logger.info("room %s: closing a client that sent a bad frame: %s", self.room_id, error)
-            connection.close(CloseCode.BAD_FRAME, str(error))
+            connection.close(error.close_code, str(error))
         finally:
             self.clients.discard(connection)
             self._forget_awareness(connection)
@@ -215,8 +223,7 @@ class CollabRoom(YRoom):
 
     # -- commit, apply, relay ---------------------------------------------------------------
 
-    async def _flush(self) -> None:
-        batch, self._pending = self._pending, []
+    async def _flush(self, batch: list[tuple[bytes, Connection | None]]) -> None:
         # Messages received before this cut are in the batch (or were empty).
         received_at_cut: dict[Connection, int] = {}
         for _, origin in batch:

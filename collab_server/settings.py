@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         description="Seconds a client may take to answer a ping. uvicorn's 20 s default "
         "closed clients that were busy applying a large backlog (1011).",
     )
+    shutdown_drain_seconds: float = Field(
+        10.0,
+        description="On shutdown, how long to keep retrying the commit of what clients sent "
+        "before exiting anyway (the database is down); those clients resend on reconnect.",
+    )
     commit_retry_max_seconds: float = Field(
         5.0, description="Longest pause between retries of a failed commit (database down)."
     )

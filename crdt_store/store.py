@@ -249,41 +249,10 @@ class Store:
     async def append_batches(self, batches: Mapping[str, Sequence[bytes]]) -> AppendResult:
         """Append to several rooms' logs in ONE transaction with one multi-row INSERT.
 
-        Each room's head counter is bumped first, in room-id order (a fixed lock order, so two
-        processes appending to the same rooms cannot deadlock). Rooms deleted meanwhile are
-        reported in `missing` and do not fail the others.
+        Rooms deleted meanwhile are reported in `missing` and do not fail the others.
         """
-        now = _now()
-        result = AppendResult()
-        rows: list[dict[str, Any]] = []
         async with self._transaction() as conn:
-            for room_id in sorted(batches):
-                updates = batches[room_id]
-                if not updates:
-                    continue
-                count = len(updates)
-                head = await conn.scalar(
-                    update(rooms)
-                    .where(rooms.c.id == room_id)
-                    .values(
-                        head=rooms.c.head + count,
-                        log_updates=rooms.c.log_updates + count,
-                        log_bytes=rooms.c.log_bytes + sum(map(len, updates)),
-                    )
-                    .returning(rooms.c.head)
-                )
-                if head is None:
-                    result.missing.add(room_id)
-                    continue
-                first = head - count + 1
-                rows.extend(
-                    {"room_id": room_id, "seq": first + i, "data": data, "created_at": now}
-                    for i, data in enumerate(updates)
-                )
-                result.heads[room_id] = head
-            if rows:
-                await conn.execute(insert(room_updates), rows)
-        return result
+            return await append_in_transaction(conn, batches)
 
     async def load_room_state(self, room_id: str) -> RoomState:
         """The room's snapshot and the log rows after it, read from one consistent snapshot."""
@@ -313,6 +282,47 @@ class Store:
             updates=list(updates),
             head=head,
         )
+
+
+async def append_in_transaction(
+    conn: AsyncConnection, batches: Mapping[str, Sequence[bytes]]
+) -> AppendResult:
+    """The statements of `Store.append_batches`, inside the caller's transaction.
+
+    Each room's head counter is bumped first, in room-id order (a fixed lock order, so two
+    processes appending to the same rooms cannot deadlock); the row lock it takes is held to
+    COMMIT, so a room's sequence numbers are handed out in commit order.
+    """
+    now = _now()
+    result = AppendResult()
+    rows: list[dict[str, Any]] = []
+    for room_id in sorted(batches):
+        updates = batches[room_id]
+        if not updates:
+            continue
+        count = len(updates)
+        head = await conn.scalar(
+            update(rooms)
+            .where(rooms.c.id == room_id)
+            .values(
+                head=rooms.c.head + count,
+                log_updates=rooms.c.log_updates + count,
+                log_bytes=rooms.c.log_bytes + sum(map(len, updates)),
+            )
+            .returning(rooms.c.head)
+        )
+        if head is None:
+            result.missing.add(room_id)
+            continue
+        first = head - count + 1
+        rows.extend(
+            {"room_id": room_id, "seq": first + i, "data": data, "created_at": now}
+            for i, data in enumerate(updates)
+        )
+        result.heads[room_id] = head
+    if rows:
+        await conn.execute(insert(room_updates), rows)
+    return result
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
