@@ -14,7 +14,9 @@ from crdt_store.urls import redact
 from .app import create_app
 from .settings import Settings
 
-cli = typer.Typer(help="A Yjs collaboration server with a durable update log.", no_args_is_help=True)
+cli = typer.Typer(
+    help="A Yjs collaboration server with a durable update log.", no_args_is_help=True
+)
 
 
 def _configure_logging(settings: Settings) -> None:

@@ -73,11 +73,13 @@ def _room_exception_handler(room_id: str) -> Any:
 class CollabRoom(YRoom):
     """A loaded room. Create it with the document rebuilt from the store (`ydoc`)."""
 
+    clients: set[Connection]  # type: ignore[assignment]
+
     def __init__(
         self,
         room_id: str,
         *,
-        ydoc: Doc,
+        ydoc: Doc[Any],
         head: int,
         committer: GroupCommitter,
         settings: Settings,

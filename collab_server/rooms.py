@@ -44,6 +44,10 @@ class RoomManager(WebsocketServer):
         self._settings = settings
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
 
+    async def __aenter__(self) -> RoomManager:
+        await super().__aenter__()
+        return self
+
     def _lock(self, room_id: str) -> anyio.Lock:
         lock = self._locks.get(room_id)
         if lock is None:
@@ -69,7 +73,9 @@ class RoomManager(WebsocketServer):
                 )
                 await self.start_room(room)
                 self.rooms[name] = room
-                logger.info("room %s: loaded (%d log rows after the snapshot)", name, len(state.updates))
+                logger.info(
+                    "room %s: loaded (%d log rows after the snapshot)", name, len(state.updates)
+                )
             return room
 
     async def serve(self, websocket: Connection) -> None:  # type: ignore[override]
@@ -123,4 +129,3 @@ class RoomManager(WebsocketServer):
             logger.error("shutdown: gave up committing; clients resend their edits on reconnect")
         for room in list(self.rooms.values()):
             await self._stop(room)
-

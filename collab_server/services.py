@@ -84,9 +84,10 @@ async def _migrate_until_done(settings: Settings, migrated: asyncio.Event) -> No
 async def running_services(settings: Settings) -> AsyncIterator[Services]:
     store = Store.connect(settings.database_url, pool_size=settings.db_pool_size)
     try:
-        async with GroupCommitter(store) as committer, RoomManager(
-            store, committer, settings
-        ) as rooms:
+        async with (
+            GroupCommitter(store) as committer,
+            RoomManager(store, committer, settings) as rooms,
+        ):
             services = Services(settings, store, rooms, RuleBasedEngine())
             migration = asyncio.create_task(_migrate_until_done(settings, services.migrated))
             try:

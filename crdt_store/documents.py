@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from pycrdt import Doc, Text
 
@@ -15,7 +16,7 @@ logger = logging.getLogger(__name__)
 TEXT_NAME = "code"
 
 
-def apply_updates(doc: Doc, updates: Iterable[bytes], *, room_id: str) -> int:
+def apply_updates(doc: Doc[Any], updates: Iterable[bytes], *, room_id: str) -> int:
     """Apply `updates` in order in one transaction; returns how many failed.
 
     A row that cannot be applied is logged and skipped rather than raised: one bad row must not
@@ -33,20 +34,20 @@ def apply_updates(doc: Doc, updates: Iterable[bytes], *, room_id: str) -> int:
     return failed
 
 
-def doc_from_state(state: RoomState) -> Doc:
+def doc_from_state(state: RoomState) -> Doc[Any]:
     """The room's document: its snapshot, then the log rows after it (CPU-bound: run off-loop)."""
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     head = [state.snapshot] if state.snapshot is not None else []
     apply_updates(doc, [*head, *state.updates], room_id=state.room_id)
     return doc
 
 
-def text_of(doc: Doc) -> str:
+def text_of(doc: Doc[Any]) -> str:
     return str(doc.get(TEXT_NAME, type=Text))
 
 
 def text_update(content: str) -> bytes:
     """A standalone update that inserts `content` into an empty document's `code` text."""
-    doc = Doc()
+    doc: Doc[Any] = Doc()
     doc.get(TEXT_NAME, type=Text).insert(0, content)
     return doc.get_update()

@@ -219,7 +219,9 @@ class Store:
         self, room_id: str, *, name: str | None = None, language: str | None = None
     ) -> RoomRecord:
         values = {
-            key: value for key, value in (("name", name), ("language", language)) if value is not None
+            key: value
+            for key, value in (("name", name), ("language", language))
+            if value is not None
         }
         if values:
             async with self._transaction() as conn:

@@ -1,4 +1,4 @@
-"""Database URLs: users write plain `postgresql://` and `sqlite:///` URLs; drivers are our choice."""
+"""Database URLs: users write plain `postgresql://` and `sqlite:///` URLs; we pick the drivers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ def _backend(url: URL) -> str:
     if backend == "postgres":
         return "postgresql"
     if backend not in _ASYNC_DRIVERS:
-        raise ValueError(f"unsupported database URL scheme {url.drivername!r}: use postgresql or sqlite")
+        raise ValueError(
+            f"unsupported database URL scheme {url.drivername!r}: use postgresql or sqlite"
+        )
     return backend
 
 

@@ -91,9 +91,10 @@ async def test_late_joiner_receives_the_full_text(live_server: ServerProcess) ->
 
 async def test_text_survives_a_server_crash_and_restart(live_server: ServerProcess) -> None:
     room_id = create_room(live_server)
-    async with NodeYClient.spawn(live_server.ws_url, room_id) as writer, NodeYClient.spawn(
-        live_server.ws_url, room_id
-    ) as observer:
+    async with (
+        NodeYClient.spawn(live_server.ws_url, room_id) as writer,
+        NodeYClient.spawn(live_server.ws_url, room_id) as observer,
+    ):
         await writer.wait_synced()
         await observer.wait_synced()
         await writer.insert(0, NON_ASCII)
@@ -132,9 +133,10 @@ async def expect_close(socket: ClientConnection) -> tuple[int, str]:
 
 async def test_malformed_frame_closes_only_its_sender(live_server: ServerProcess) -> None:
     room_id = create_room(live_server, content="kept")
-    async with NodeYClient.spawn(live_server.ws_url, room_id) as a, NodeYClient.spawn(
-        live_server.ws_url, room_id
-    ) as b:
+    async with (
+        NodeYClient.spawn(live_server.ws_url, room_id) as a,
+        NodeYClient.spawn(live_server.ws_url, room_id) as b,
+    ):
         await a.wait_synced()
         await b.wait_synced()
         async with connect(f"{live_server.ws_url}/{room_id}") as attacker:
@@ -151,9 +153,10 @@ async def test_updates_are_not_echoed_to_their_sender(live_server: ServerProcess
     doc = Doc()
     doc.get("code", type=Text).insert(0, "mine")
     own_client_id = doc.client_id
-    async with NodeYClient.spawn(live_server.ws_url, room_id) as other, connect(
-        f"{live_server.ws_url}/{room_id}"
-    ) as sender:
+    async with (
+        NodeYClient.spawn(live_server.ws_url, room_id) as other,
+        connect(f"{live_server.ws_url}/{room_id}") as sender,
+    ):
         await other.wait_synced()
         await sender.send(create_update_message(doc.get_update()))
         await other.wait_text("mine")

@@ -15,7 +15,6 @@ from pycrdt.websocket import WebsocketServer, YRoom
 
 from collab_server.connection import Connection
 from collab_server.protocol import DocumentUpdate, parse_frame
-from collab_server.room import CollabRoom
 from collab_server.rooms import RoomManager
 from collab_server.settings import Settings
 from crdt_store import GroupCommitter, Store, text_of
@@ -55,9 +54,10 @@ def settings(sqlite_url: str) -> Settings:
 async def running_manager(settings: Settings) -> AsyncIterator[tuple[RoomManager, Store]]:
     store = Store.connect(settings.database_url)
     try:
-        async with GroupCommitter(store) as committer, RoomManager(
-            store, committer, settings
-        ) as manager:
+        async with (
+            GroupCommitter(store) as committer,
+            RoomManager(store, committer, settings) as manager,
+        ):
             yield manager, store
     finally:
         await store.close()
@@ -161,9 +161,10 @@ async def test_updates_are_not_sent_back_to_their_sender(
 async def test_concurrent_first_joins_all_get_the_sync_message(
     settings: Settings, upstream: bool
 ) -> None:
-    async with running_manager(settings) as (manager, store), WebsocketServer(
-        auto_clean_rooms=False
-    ) as plain_server:
+    async with (
+        running_manager(settings) as (manager, store),
+        WebsocketServer(auto_clean_rooms=False) as plain_server,
+    ):
         room = await store.create_room(name="r", language="plaintext")
         server: WebsocketServer = plain_server if upstream else manager
         sockets = []

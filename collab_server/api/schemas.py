@@ -78,7 +78,7 @@ class RoomContent(BaseModel):
 class CursorLocation(BaseModel):
     """Monaco's `IPosition`: 1-based line and column (column in UTF-16 units)."""
 
-    lineNumber: int  # noqa: N815 - Monaco's field names
+    lineNumber: int
     column: int
 
 
@@ -90,12 +90,12 @@ Cursor = Annotated[
 
 class AutocompleteRequest(BaseModel):
     code: str = ""
-    cursorPosition: Cursor = 0  # noqa: N815 - the shape Monaco clients send
+    cursorPosition: Cursor = 0
     language: str = Field("plaintext", max_length=64)
 
 
 class RoomAutocompleteRequest(BaseModel):
-    cursorPosition: Cursor = 0  # noqa: N815
+    cursorPosition: Cursor = 0
     language: str | None = Field(None, max_length=64, description="Default: the room's.")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
 
@@ -13,7 +13,7 @@ from ..schemas import Room, RoomContent, RoomCreate, RoomDetail, RoomList, RoomP
 
 router = APIRouter(prefix="/rooms", tags=["rooms"])
 
-_NOT_FOUND = {404: {"description": "No such room"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such room"}}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=RoomDetail)
@@ -46,7 +46,9 @@ async def get_room(room_id: RoomIdPath, services: ReadyServicesDep) -> RoomDetai
 
 
 @router.patch("/{room_id}", response_model=RoomDetail, responses=_NOT_FOUND)
-async def update_room(room_id: RoomIdPath, body: RoomPatch, services: ReadyServicesDep) -> RoomDetail:
+async def update_room(
+    room_id: RoomIdPath, body: RoomPatch, services: ReadyServicesDep
+) -> RoomDetail:
     record = await services.store.update_room(room_id, name=body.name, language=body.language)
     room = services.rooms.loaded(room_id)
     return RoomDetail.of_stats(record, clients=len(room.clients) if room else 0)

@@ -31,7 +31,10 @@ def upgrade() -> None:
     op.create_table(
         "room_updates",
         sa.Column(
-            "room_id", sa.String(64), sa.ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True
+            "room_id",
+            sa.String(64),
+            sa.ForeignKey("rooms.id", ondelete="CASCADE"),
+            primary_key=True,
         ),
         sa.Column("seq", sa.BigInteger, primary_key=True),
         sa.Column("data", sa.LargeBinary, nullable=False),
@@ -40,7 +43,10 @@ def upgrade() -> None:
     op.create_table(
         "room_snapshots",
         sa.Column(
-            "room_id", sa.String(64), sa.ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True
+            "room_id",
+            sa.String(64),
+            sa.ForeignKey("rooms.id", ondelete="CASCADE"),
+            primary_key=True,
         ),
         sa.Column("upto_seq", sa.BigInteger, nullable=False),
         sa.Column("state", sa.LargeBinary, nullable=False),
