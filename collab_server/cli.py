@@ -1,16 +1,20 @@
-"""`collab-server`: run the server, migrate the database, (later) compact snapshots."""
+"""`collab-server`: run the server, migrate the database, compact snapshots."""
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Annotated
 
+import anyio
 import typer
 import uvicorn
+from rich.console import Console
 
-from crdt_store import upgrade_database
+from crdt_store import StoreUnavailable, upgrade_database
 from crdt_store.urls import redact
 
+from .admin import compact_rooms, render, unreachable_message
 from .app import create_app
 from .settings import Settings
 
@@ -54,6 +58,45 @@ def migrate() -> None:
     _configure_logging(settings)
     upgrade_database(settings.database_url)
     typer.echo(f"database {redact(settings.database_url)} is up to date")
+
+
+@cli.command()
+def compact(
+    room_ids: Annotated[
+        list[str] | None, typer.Argument(metavar="[ROOM_ID]...", help="Rooms to compact.")
+    ] = None,
+    all_rooms: Annotated[bool, typer.Option("--all", help="Compact every room.")] = False,
+    min_updates: Annotated[
+        int, typer.Option("--min-updates", min=1, help="Skip rooms with fewer log rows.")
+    ] = 1,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would be done; write nothing.")
+    ] = False,
+) -> None:
+    """Fold rooms' update logs into snapshots (safe beside a running server)."""
+    settings = Settings()
+    console = Console()
+    if bool(room_ids) == all_rooms:
+        console.print("[red]error:[/red] name rooms to compact, or pass --all (not both)")
+        raise typer.Exit(2)
+    try:
+        report = anyio.run(
+            partial(
+                compact_rooms,
+                settings.database_url,
+                room_ids or [],
+                all_rooms=all_rooms,
+                min_updates=min_updates,
+                dry_run=dry_run,
+                console=console,
+            )
+        )
+    except StoreUnavailable as error:
+        console.print(f"[red]error:[/red] {unreachable_message(settings.database_url, error)}")
+        raise typer.Exit(1) from None
+    render(report, console, dry_run=dry_run)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

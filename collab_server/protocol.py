@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from pycrdt import YMessageType, YSyncMessageType, write_message, write_var_uint
 
+from crdt_store import encoding
+
 from .closecodes import CloseCode
 
 #: y-protocols' awareness "query" message: the client asks for every awareness state.
@@ -19,8 +21,6 @@ QUERY_AWARENESS = 3
 #: Our opt-in message (`?ack=1`): [100, varUint(n)] tells a client that its first n document
 #: update messages on this connection are committed (the web client's "saved" state).
 COMMITTED = 100
-#: lib0 varints carry at most 53 bits; 8 bytes hold 56.
-_MAX_VARINT_BYTES = 8
 #: An awareness state is a small JSON object; bound the entries one message may carry.
 _MAX_AWARENESS_ENTRIES = 64
 EMPTY_UPDATE = b"\x00\x00"
@@ -71,16 +71,10 @@ Frame = SyncStep1 | DocumentUpdate | AwarenessUpdate | QueryAwareness
 
 def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
     """The varint at `pos` and the position after it."""
-    value = 0
-    for shift in range(0, 7 * _MAX_VARINT_BYTES, 7):
-        if pos >= len(data):
-            raise ProtocolError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-    raise ProtocolError("varint too long")
+    try:
+        return encoding.read_var_uint(data, pos)
+    except ValueError as error:
+        raise ProtocolError(str(error)) from None
 
 
 def read_var_bytes(data: bytes, pos: int) -> tuple[bytes, int]:

@@ -39,9 +39,10 @@ from pycrdt import (
 )
 from pycrdt.websocket import YRoom
 
-from crdt_store import GroupCommitter, RoomNotFound, StoreUnavailable
+from crdt_store import CompactionResult, GroupCommitter, RoomNotFound, StoreUnavailable
 
 from .closecodes import CloseCode
+from .compactor import Compactor
 from .connection import Connection
 from .protocol import (
     EMPTY_UPDATE,
@@ -81,7 +82,10 @@ class CollabRoom(YRoom):
         *,
         ydoc: Doc[Any],
         head: int,
+        log_updates: int,
+        log_bytes: int,
         committer: GroupCommitter,
+        compactor: Compactor,
         settings: Settings,
     ) -> None:
         super().__init__(
@@ -93,7 +97,11 @@ class CollabRoom(YRoom):
         self.room_id = room_id
         #: Seq of the newest log row the document holds.
         self.head = head
+        #: Rows and bytes of the log not yet folded into the snapshot.
+        self.log_updates = log_updates
+        self.log_bytes = log_bytes
         self._committer = committer
+        self._compactor = compactor
         self._settings = settings
         self._pending: list[tuple[bytes, Connection | None]] = []
         self._work = asyncio.Event()
@@ -248,6 +256,15 @@ class CollabRoom(YRoom):
             connection.acknowledge(
                 connection.updates_received if connection.uncommitted == 0 else count
             )
+        self.log_updates += len(batch)
+        self.log_bytes += sum(len(update) for update, _ in batch)
+        if self._compactor.due(self.log_updates, self.log_bytes):
+            self._compactor.request(self.room_id, self._compacted)
+
+    def _compacted(self, result: CompactionResult) -> None:
+        if result.compacted:
+            self.log_updates -= result.log_rows
+            self.log_bytes -= result.log_bytes
 
     async def _commit(self, updates: list[bytes]) -> int:
         """Commit, retrying while the database is unavailable: nothing is relayed meanwhile."""

@@ -25,6 +25,7 @@ from pycrdt.websocket import WebsocketServer
 from crdt_store import GroupCommitter, Store, doc_from_state
 
 from .closecodes import CloseCode
+from .compactor import Compactor
 from .connection import Connection
 from .room import CollabRoom
 from .settings import Settings
@@ -37,10 +38,17 @@ class RoomManager(WebsocketServer):
 
     rooms: dict[str, CollabRoom]  # type: ignore[assignment]
 
-    def __init__(self, store: Store, committer: GroupCommitter, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        committer: GroupCommitter,
+        compactor: Compactor,
+        settings: Settings,
+    ) -> None:
         super().__init__(rooms_ready=True, auto_clean_rooms=False, log=logger)
         self._store = store
         self._committer = committer
+        self._compactor = compactor
         self._settings = settings
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
 
@@ -68,7 +76,10 @@ class RoomManager(WebsocketServer):
                     name,
                     ydoc=doc,
                     head=state.head,
+                    log_updates=len(state.updates),
+                    log_bytes=sum(map(len, state.updates)),
                     committer=self._committer,
+                    compactor=self._compactor,
                     settings=self._settings,
                 )
                 await self.start_room(room)
@@ -100,6 +111,8 @@ class RoomManager(WebsocketServer):
                 return
             await self._stop(room)
             logger.info("room %s: unloaded", room.room_id)
+            if self._settings.compact_on_unload and room.log_updates:
+                self._compactor.request(room.room_id)
 
     async def _stop(self, room: CollabRoom) -> None:
         del self.rooms[room.room_id]

@@ -26,6 +26,7 @@ from crdt_store.urls import redact
 
 from .autocomplete import CompletionEngine, RuleBasedEngine
 from .closecodes import CloseCode
+from .compactor import Compactor
 from .rooms import RoomManager
 from .settings import Settings
 
@@ -83,10 +84,11 @@ async def _migrate_until_done(settings: Settings, migrated: asyncio.Event) -> No
 @asynccontextmanager
 async def running_services(settings: Settings) -> AsyncIterator[Services]:
     store = Store.connect(settings.database_url, pool_size=settings.db_pool_size)
+    compactor = Compactor(store, settings)
     try:
         async with (
             GroupCommitter(store) as committer,
-            RoomManager(store, committer, settings) as rooms,
+            RoomManager(store, committer, compactor, settings) as rooms,
         ):
             services = Services(settings, store, rooms, RuleBasedEngine())
             migration = asyncio.create_task(_migrate_until_done(settings, services.migrated))
@@ -95,5 +97,6 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
             finally:
                 migration.cancel()
                 await rooms.close_all(CloseCode.SERVICE_RESTART, "server restarting")
+                await compactor.aclose()
     finally:
         await store.close()

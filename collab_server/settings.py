@@ -65,6 +65,19 @@ class Settings(BaseSettings):
     commit_retry_max_seconds: float = Field(
         5.0, description="Longest pause between retries of a failed commit (database down)."
     )
+    compact_after_updates: int = Field(
+        10_000,
+        description="Compact a loaded room once its log holds this many rows: a join then "
+        "replays at most ~10k small updates on top of the snapshot (tens of milliseconds).",
+    )
+    compact_after_bytes: int = Field(
+        4 * MIB, description="Or once its log rows add up to this many bytes (large pastes)."
+    )
+    compact_on_unload: bool = Field(
+        True,
+        description="Compact a room when its last client leaves, so the next open loads one "
+        "snapshot instead of replaying the session.",
+    )
     web_dist: Path = Field(
         Path(__file__).parent / "web_dist", description="Built web client served at `/`."
     )

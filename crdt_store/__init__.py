@@ -5,8 +5,9 @@ Knows rooms, updates, snapshots and databases; nothing of HTTP or WebSockets.
 
 from __future__ import annotations
 
+from .compaction import CompactionError, CompactionResult, compact_room
 from .documents import TEXT_NAME, apply_updates, doc_from_state, text_of, text_update
-from .errors import RoomNotFound, StoreError, StoreUnavailable
+from .errors import LogChanged, RoomNotFound, StoreError, StoreUnavailable
 from .group_commit import GroupCommitter
 from .migrate import upgrade_database
 from .schema import ROOM_ID_PATTERN
@@ -16,7 +17,10 @@ __all__ = [
     "ROOM_ID_PATTERN",
     "TEXT_NAME",
     "AppendResult",
+    "CompactionError",
+    "CompactionResult",
     "GroupCommitter",
+    "LogChanged",
     "RoomNotFound",
     "RoomPage",
     "RoomRecord",
@@ -25,6 +29,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "apply_updates",
+    "compact_room",
     "doc_from_state",
     "new_room_id",
     "text_of",

@@ -17,3 +17,8 @@ class RoomNotFound(StoreError):
 
 class StoreUnavailable(StoreError):
     """The database could not be reached or refused the operation; retrying may succeed."""
+
+
+class LogChanged(StoreError):
+    """The log rows a compaction was about to delete are not the ones it read (a bug or a
+    manual edit of the database): the transaction is rolled back and nothing is lost."""

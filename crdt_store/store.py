@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy import delete, event, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from .errors import RoomNotFound, StoreUnavailable
+from .errors import LogChanged, RoomNotFound, StoreUnavailable
 from .schema import room_snapshots, room_updates, rooms
 from .urls import async_url, is_postgresql, redact
 
@@ -59,6 +59,17 @@ class AppendResult:
 
     heads: dict[str, int] = field(default_factory=dict)
     missing: set[str] = field(default_factory=set)
+
+
+#: Rows fetched per round trip when loading a log.
+_LOAD_PARTITION_ROWS = 5000
+#: Advisory lock of a room's compaction: (a class of our own, the room id's hash).
+_TRY_LOCK = text("SELECT pg_try_advisory_lock(7312, hashtext(:room))")
+_UNLOCK = text("SELECT pg_advisory_unlock(7312, hashtext(:room))")
+
+
+class _SnapshotMoved(Exception):
+    """Raised inside a compaction's transaction to roll it back: another one won the race."""
 
 
 def new_room_id() -> str:
@@ -257,7 +268,10 @@ class Store:
             return await append_in_transaction(conn, batches)
 
     async def load_room_state(self, room_id: str) -> RoomState:
-        """The room's snapshot and the log rows after it, read from one consistent snapshot."""
+        """The room's snapshot and the log rows after it, read from one consistent snapshot.
+
+        Rows are streamed in partitions so a long log does not hold the event loop.
+        """
         async with self._transaction(snapshot=True) as conn:
             head = await conn.scalar(select(rooms.c.head).where(rooms.c.id == room_id))
             if head is None:
@@ -270,20 +284,107 @@ class Store:
                 )
             ).one_or_none()
             snapshot_seq = snapshot.upto_seq if snapshot else 0
-            updates = (
-                await conn.scalars(
-                    select(room_updates.c.data)
-                    .where(room_updates.c.room_id == room_id, room_updates.c.seq > snapshot_seq)
-                    .order_by(room_updates.c.seq)
-                )
-            ).all()
+            rows = await conn.stream_scalars(
+                select(room_updates.c.data)
+                .where(room_updates.c.room_id == room_id, room_updates.c.seq > snapshot_seq)
+                .order_by(room_updates.c.seq)
+                .execution_options(yield_per=_LOAD_PARTITION_ROWS)
+            )
+            updates = [data async for partition in rows.partitions() for data in partition]
         return RoomState(
             room_id=room_id,
             snapshot=snapshot.state if snapshot else None,
             snapshot_seq=snapshot_seq,
-            updates=list(updates),
+            updates=updates,
             head=head,
         )
+
+    @asynccontextmanager
+    async def compaction_lock(self, room_id: str) -> AsyncIterator[bool]:
+        """Try to take the room's compaction lock; yields whether it was taken.
+
+        PostgreSQL: a session advisory lock, so compactions in other processes skip this room
+        instead of doing the work twice (released if the process dies). SQLite: always taken;
+        `replace_log_with_snapshot` refuses to overwrite a newer snapshot either way.
+        """
+        if not self.is_postgresql:
+            yield True
+            return
+        key = {"room": room_id}
+        async with self.engine.connect() as conn:
+            taken = await conn.scalar(_TRY_LOCK, key)
+            await conn.commit()
+            try:
+                yield bool(taken)
+            finally:
+                if taken:
+                    await conn.execute(_UNLOCK, key)
+                    await conn.commit()
+
+    async def replace_log_with_snapshot(self, state: RoomState, snapshot: bytes) -> bool:
+        """In one transaction: store `snapshot` as covering every row up to `state.head` and
+        delete exactly the rows of `state` (seq in (state.snapshot_seq, state.head]).
+
+        Returns False, writing nothing, if the room's snapshot is no longer the one `state`
+        was read with (another compaction finished first). Raises `LogChanged` if the rows to
+        delete are not exactly those read, `RoomNotFound` if the room is gone.
+        """
+        try:
+            await self._replace_log_with_snapshot(state, snapshot)
+        except _SnapshotMoved:
+            return False
+        return True
+
+    async def _replace_log_with_snapshot(self, state: RoomState, snapshot: bytes) -> None:
+        count, size = len(state.updates), sum(map(len, state.updates))
+        async with self._transaction() as conn:
+            # The room row first: the lock order of appends, so the two cannot deadlock.
+            changed = await conn.execute(
+                update(rooms)
+                .where(rooms.c.id == state.room_id)
+                .values(log_updates=rooms.c.log_updates - count, log_bytes=rooms.c.log_bytes - size)
+            )
+            if changed.rowcount == 0:
+                raise RoomNotFound(state.room_id)
+            values = {
+                "upto_seq": state.head,
+                "state": snapshot,
+                "state_bytes": len(snapshot),
+                "created_at": _now(),
+            }
+            if state.snapshot is None:
+                if (
+                    await conn.scalar(
+                        select(room_snapshots.c.upto_seq).where(
+                            room_snapshots.c.room_id == state.room_id
+                        )
+                    )
+                    is not None
+                ):
+                    raise _SnapshotMoved
+                await conn.execute(insert(room_snapshots).values(room_id=state.room_id, **values))
+            else:
+                replaced = await conn.execute(
+                    update(room_snapshots)
+                    .where(
+                        room_snapshots.c.room_id == state.room_id,
+                        room_snapshots.c.upto_seq == state.snapshot_seq,
+                    )
+                    .values(**values)
+                )
+                if replaced.rowcount != 1:
+                    raise _SnapshotMoved
+            deleted = await conn.execute(
+                delete(room_updates).where(
+                    room_updates.c.room_id == state.room_id,
+                    room_updates.c.seq > state.snapshot_seq,
+                    room_updates.c.seq <= state.head,
+                )
+            )
+            if deleted.rowcount != count:
+                raise LogChanged(
+                    f"room {state.room_id}: expected to fold {count} rows, found {deleted.rowcount}"
+                )
 
 
 async def append_in_transaction(

@@ -9,7 +9,8 @@ from pycrdt import Doc, Text, create_update_message, get_state
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from collab_server.protocol import DocumentUpdate, parse_frame, read_var_uint
+from collab_server.protocol import DocumentUpdate, parse_frame
+from crdt_store.encoding import decode_state_vector
 from tests.support.node_client import NodeYClient, utf16_len
 from tests.support.server import ServerProcess
 
@@ -170,15 +171,6 @@ async def test_updates_are_not_echoed_to_their_sender(live_server: ServerProcess
     assert relayed, "the other client's update was relayed"
     for update in relayed:
         assert own_client_id not in decode_state_vector(get_state(update))
-
-
-def decode_state_vector(state: bytes) -> dict[int, int]:
-    count, pos = read_var_uint(state, 0)
-    clocks = {}
-    for _ in range(count):
-        client, pos = read_var_uint(state, pos)
-        clocks[client], pos = read_var_uint(state, pos)
-    return clocks
 
 
 async def test_concurrent_first_joins_load_the_room_once(live_server: ServerProcess) -> None:

@@ -13,6 +13,7 @@ import pytest
 from pycrdt import Doc, Text, create_update_message
 from pycrdt.websocket import WebsocketServer, YRoom
 
+from collab_server.compactor import Compactor
 from collab_server.connection import Connection
 from collab_server.protocol import DocumentUpdate, parse_frame
 from collab_server.rooms import RoomManager
@@ -56,7 +57,7 @@ async def running_manager(settings: Settings) -> AsyncIterator[tuple[RoomManager
     try:
         async with (
             GroupCommitter(store) as committer,
-            RoomManager(store, committer, settings) as manager,
+            RoomManager(store, committer, Compactor(store, settings), settings) as manager,
         ):
             yield manager, store
     finally:

@@ -1,0 +1,69 @@
+"""Automatic compaction of loaded rooms: when a room's log passes a size, and when it unloads.
+
+Compactions run as background tasks, at most one per room at a time, with their CPU-heavy part
+in a worker thread (see `crdt_store.compaction`), so a big room compacting does not stall the
+others. A failed compaction is logged and retried at the next trigger; the log is untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from crdt_store import CompactionResult, RoomNotFound, Store, compact_room
+
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class Compactor:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    def due(self, log_updates: int, log_bytes: int) -> bool:
+        return (
+            log_updates >= self._settings.compact_after_updates
+            or log_bytes >= self._settings.compact_after_bytes
+        )
+
+    def request(
+        self, room_id: str, on_done: Callable[[CompactionResult], None] | None = None
+    ) -> None:
+        """Compact the room in the background unless a compaction of it is already running."""
+        if room_id not in self._running:
+            task = asyncio.create_task(self._compact(room_id, on_done), name=f"compact:{room_id}")
+            self._running[room_id] = task
+            task.add_done_callback(lambda _: self._running.pop(room_id, None))
+
+    async def _compact(
+        self, room_id: str, on_done: Callable[[CompactionResult], None] | None
+    ) -> None:
+        try:
+            result = await compact_room(self._store, room_id)
+        except RoomNotFound:
+            return
+        except Exception:
+            logger.exception("room %s: compaction failed; the log is kept", room_id)
+            return
+        if result.compacted:
+            logger.info(
+                "room %s: compacted %d log rows (%d bytes) into a %d-byte snapshot in %.3f s",
+                room_id,
+                result.log_rows,
+                result.log_bytes,
+                result.snapshot_bytes,
+                result.seconds,
+            )
+        if on_done is not None:
+            on_done(result)
+
+    async def aclose(self) -> None:
+        """Stop running compactions: an interrupted one rolls back and loses nothing."""
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
