@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 from typing import Annotated
 
@@ -16,18 +15,12 @@ from crdt_store.urls import redact
 
 from .admin import compact_rooms, render, unreachable_message
 from .app import create_app
+from .logs import configure_logging
 from .settings import Settings
 
 cli = typer.Typer(
     help="A Yjs collaboration server with a durable update log.", no_args_is_help=True
 )
-
-
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 @cli.command()
@@ -37,7 +30,7 @@ def serve(
 ) -> None:
     """Run the server (applies migrations first, retrying until the database is up)."""
     settings = Settings()
-    _configure_logging(settings)
+    configure_logging(settings)
     uvicorn.run(
         create_app(settings),
         host=host or settings.host,
@@ -55,7 +48,7 @@ def serve(
 def migrate() -> None:
     """Create or upgrade the database schema."""
     settings = Settings()
-    _configure_logging(settings)
+    configure_logging(settings)
     upgrade_database(settings.database_url)
     typer.echo(f"database {redact(settings.database_url)} is up to date")
 

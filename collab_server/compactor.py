@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 from crdt_store import CompactionResult, RoomNotFound, Store, compact_room
 
+from . import metrics
+from .logs import room_logger
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,17 +44,19 @@ class Compactor:
     async def _compact(
         self, room_id: str, on_done: Callable[[CompactionResult], None] | None
     ) -> None:
+        log = room_logger(logger, room_id)
         try:
             result = await compact_room(self._store, room_id)
         except RoomNotFound:
             return
         except Exception:
-            logger.exception("room %s: compaction failed; the log is kept", room_id)
+            metrics.COMPACTIONS.labels("failed").inc()
+            log.exception("compaction failed; the log is kept")
             return
+        metrics.COMPACTIONS.labels("compacted" if result.compacted else "skipped").inc()
         if result.compacted:
-            logger.info(
-                "room %s: compacted %d log rows (%d bytes) into a %d-byte snapshot in %.3f s",
-                room_id,
+            log.info(
+                "compacted %d log rows (%d bytes) into a %d-byte snapshot in %.3f s",
                 result.log_rows,
                 result.log_bytes,
                 result.snapshot_bytes,

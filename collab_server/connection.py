@@ -16,7 +16,9 @@ from contextlib import asynccontextmanager, suppress
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from . import metrics
 from .closecodes import CloseCode
+from .logs import room_logger
 from .protocol import ProtocolError, committed_message
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class Connection:
         data = message.get("bytes")
         if data is None:
             raise ProtocolError("text frames are not part of the protocol")
+        metrics.BYTES_IN.inc(len(data))
         return bytes(data)
 
     async def recv(self) -> bytes:
@@ -88,7 +91,7 @@ class Connection:
         self._queued_bytes += len(message)
         self._wake_writer.set()
         if self._queued_bytes > self._send_queue_max_bytes:
-            logger.warning("room %s: closing a client that does not read", self._room_id)
+            room_logger(logger, self._room_id).warning("closing a client that does not read")
             self.close(CloseCode.TRY_AGAIN_LATER, "client too slow: reconnect to resync")
 
     def acknowledge(self, committed: int) -> None:
@@ -128,6 +131,7 @@ class Connection:
                     if self._close is not None and self._close[0] == CloseCode.TRY_AGAIN_LATER:
                         break  # a slow client's backlog is dropped: it resyncs on reconnect
                     await self._websocket.send_bytes(message)
+                    metrics.BYTES_OUT.inc(len(message))
                 if self._close is not None:
                     break
                 self._wake_writer.clear()

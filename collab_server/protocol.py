@@ -27,9 +27,16 @@ EMPTY_UPDATE = b"\x00\x00"
 
 
 class ProtocolError(Exception):
-    """The frame is not a well-formed y-websocket message; the reason goes into the close."""
+    """The frame is not a well-formed y-websocket message; the reason goes into the close.
+
+    `reason` is one of a fixed set of short phrases (a metrics label); `detail` may vary.
+    """
 
     close_code = CloseCode.BAD_FRAME
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason} {detail}".strip())
+        self.reason = reason
 
 
 class MessageTooBig(ProtocolError):
@@ -103,7 +110,7 @@ def parse_frame(data: bytes, *, max_awareness_bytes: int) -> Frame:
             return SyncStep1(payload)
         if sync_type in (YSyncMessageType.SYNC_STEP2, YSyncMessageType.SYNC_UPDATE):
             return DocumentUpdate(payload)
-        raise ProtocolError(f"unknown sync message type {sync_type}")
+        raise ProtocolError("unknown sync message type", str(sync_type))
     if message_type == YMessageType.AWARENESS:
         if len(data) > max_awareness_bytes:
             raise MessageTooBig("awareness message too large")
@@ -113,7 +120,7 @@ def parse_frame(data: bytes, *, max_awareness_bytes: int) -> Frame:
     if message_type == QUERY_AWARENESS:
         _expect_end(data, pos)
         return QueryAwareness()
-    raise ProtocolError(f"unknown message type {message_type}")
+    raise ProtocolError("unknown message type", str(message_type))
 
 
 def _parse_awareness(payload: bytes) -> tuple[AwarenessEntry, ...]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from pycrdt import (
@@ -41,9 +42,11 @@ from pycrdt.websocket import YRoom
 
 from crdt_store import CompactionResult, GroupCommitter, RoomNotFound, StoreUnavailable
 
+from . import metrics
 from .closecodes import CloseCode
 from .compactor import Compactor
 from .connection import Connection
+from .logs import room_logger
 from .protocol import (
     EMPTY_UPDATE,
     AwarenessUpdate,
@@ -61,14 +64,10 @@ logger = logging.getLogger(__name__)
 _EMPTY_STATE_VECTOR = b"\x00"
 
 
-def _room_exception_handler(room_id: str) -> Any:
+def _log_and_continue(exception: Exception, log: logging.Logger) -> bool:
     """pycrdt-websocket re-raises unhandled room errors, which took the whole server down."""
-
-    def handle(exception: Exception, log: logging.Logger) -> bool:
-        log.error("room %s: unexpected error", room_id, exc_info=exception)
-        return True
-
-    return handle
+    log.error("unexpected error", exc_info=exception)
+    return True
 
 
 class CollabRoom(YRoom):
@@ -91,8 +90,8 @@ class CollabRoom(YRoom):
         super().__init__(
             ready=True,
             ydoc=ydoc,
-            exception_handler=_room_exception_handler(room_id),
-            log=logger,
+            exception_handler=_log_and_continue,
+            log=room_logger(logger, room_id),  # type: ignore[arg-type]
         )
         self.room_id = room_id
         #: Seq of the newest log row the document holds.
@@ -100,10 +99,12 @@ class CollabRoom(YRoom):
         #: Rows and bytes of the log not yet folded into the snapshot.
         self.log_updates = log_updates
         self.log_bytes = log_bytes
+        metrics.LOG_ROWS_PENDING.inc(log_updates)
         self._committer = committer
         self._compactor = compactor
         self._settings = settings
         self._pending: list[tuple[bytes, Connection | None]] = []
+        self._oldest_pending_at = 0.0
         self._work = asyncio.Event()
         self._capacity = asyncio.Event()
         self._capacity.set()
@@ -132,7 +133,7 @@ class CollabRoom(YRoom):
                 except Exception:
                     # Nothing of the batch reached the document or the other clients; its
                     # senders resync on reconnect and send their edits again.
-                    logger.exception("room %s: a batch failed; closing its senders", self.room_id)
+                    self.log.exception("a batch failed; closing its senders")
                     for origin in {origin for _, origin in batch if origin is not None}:
                         origin.close(CloseCode.INTERNAL_ERROR, "internal error: reconnect")
             self._idle.set()
@@ -153,7 +154,8 @@ class CollabRoom(YRoom):
                     self._capacity.clear()
                     await self._capacity.wait()
         except ProtocolError as error:
-            logger.info("room %s: closing a client that sent a bad frame: %s", self.room_id, error)
+            self.log.info("closing a client that sent a bad frame: %s", error)
+            metrics.FRAMES_REJECTED.labels(error.reason).inc()
             connection.close(error.close_code, str(error))
         finally:
             self.clients.discard(connection)
@@ -184,10 +186,13 @@ class CollabRoom(YRoom):
             if isinstance(error, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
                 raise
             raise ProtocolError("update does not decode") from None
+        metrics.UPDATES_RECEIVED.inc()
         self.submit(update, connection)
 
     def submit(self, update: bytes, origin: Connection | None = None) -> None:
         """Queue a validated update for commit, then relay to everyone but `origin`."""
+        if not self._pending:
+            self._oldest_pending_at = time.perf_counter()
         self._pending.append((update, origin))
         if origin is not None:
             origin.uncommitted += 1
@@ -239,10 +244,12 @@ class CollabRoom(YRoom):
         for _, origin in batch:
             if origin is not None:
                 received_at_cut[origin] = origin.updates_received
+        received_at = self._oldest_pending_at
+        committing_at = time.perf_counter()
         try:
             self.head = await self._commit([update for update, _ in batch])
         except RoomNotFound:
-            logger.info("room %s: deleted while loaded; closing its clients", self.room_id)
+            self.log.info("deleted while loaded; closing its clients")
             for client in list(self.clients):
                 client.close(CloseCode.ROOM_NOT_FOUND, "room deleted")
             return
@@ -251,13 +258,18 @@ class CollabRoom(YRoom):
             for _, origin in batch:
                 if origin is not None:
                     origin.uncommitted -= 1
+        committed_at = time.perf_counter()
+        metrics.COMMIT_SECONDS.observe(committed_at - committing_at)
+        metrics.COMMIT_BATCH_UPDATES.observe(len(batch))
         self._apply_and_relay(batch)
+        metrics.RELAY_LATENCY_SECONDS.observe(time.perf_counter() - received_at)
         for connection, count in received_at_cut.items():
             connection.acknowledge(
                 connection.updates_received if connection.uncommitted == 0 else count
             )
         self.log_updates += len(batch)
         self.log_bytes += sum(len(update) for update, _ in batch)
+        metrics.LOG_ROWS_PENDING.inc(len(batch))
         if self._compactor.due(self.log_updates, self.log_bytes):
             self._compactor.request(self.room_id, self._compacted)
 
@@ -265,6 +277,7 @@ class CollabRoom(YRoom):
         if result.compacted:
             self.log_updates -= result.log_rows
             self.log_bytes -= result.log_bytes
+            metrics.LOG_ROWS_PENDING.dec(result.log_rows)
 
     async def _commit(self, updates: list[bytes]) -> int:
         """Commit, retrying while the database is unavailable: nothing is relayed meanwhile."""
@@ -273,9 +286,7 @@ class CollabRoom(YRoom):
             try:
                 return await self._committer.append(self.room_id, updates)
             except StoreUnavailable as error:
-                logger.warning(
-                    "room %s: commit failed (%s); retrying in %.2f s", self.room_id, error, delay
-                )
+                self.log.warning("commit failed (%s); retrying in %.2f s", error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._settings.commit_retry_max_seconds)
 
@@ -296,7 +307,7 @@ class CollabRoom(YRoom):
                     try:
                         self.ydoc.apply_update(update)
                     except Exception:
-                        logger.exception("room %s: a committed update did not apply", self.room_id)
+                        self.log.exception("a committed update did not apply")
             merged.extend((origin, u) for u in self._transaction_updates)
         self._transaction_updates.clear()
         self._full_update = None
@@ -306,14 +317,16 @@ class CollabRoom(YRoom):
         everyone = [u for _, u in merged]
         message_for_all = self._update_message(everyone)
         origins = {origin for origin, _ in merged}
+        sent = 0
         for client in self.clients:
             if client not in origins:
-                if message_for_all is not None:
-                    client.send_nowait(message_for_all)
-                continue
-            message = self._update_message([u for o, u in merged if o is not client])
+                message = message_for_all
+            else:
+                message = self._update_message([u for o, u in merged if o is not client])
             if message is not None:
                 client.send_nowait(message)
+                sent += 1
+        metrics.UPDATES_RELAYED.inc(sent)
 
     @staticmethod
     def _update_message(updates: list[bytes]) -> bytes | None:

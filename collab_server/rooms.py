@@ -24,6 +24,7 @@ from pycrdt.websocket import WebsocketServer
 
 from crdt_store import GroupCommitter, Store, doc_from_state
 
+from . import metrics
 from .closecodes import CloseCode
 from .compactor import Compactor
 from .connection import Connection
@@ -84,9 +85,8 @@ class RoomManager(WebsocketServer):
                 )
                 await self.start_room(room)
                 self.rooms[name] = room
-                logger.info(
-                    "room %s: loaded (%d log rows after the snapshot)", name, len(state.updates)
-                )
+                metrics.ROOMS_LOADED.inc()
+                room.log.info("loaded (%d log rows after the snapshot)", len(state.updates))
             return room
 
     async def serve(self, websocket: Connection) -> None:  # type: ignore[override]
@@ -96,7 +96,7 @@ class RoomManager(WebsocketServer):
         try:
             await room.serve(connection)
         except Exception:
-            logger.exception("room %s: error while serving a client", room.room_id)
+            room.log.exception("error while serving a client")
             connection.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             if not room.clients:
@@ -110,13 +110,15 @@ class RoomManager(WebsocketServer):
             if room.clients:
                 return
             await self._stop(room)
-            logger.info("room %s: unloaded", room.room_id)
+            room.log.info("unloaded")
             if self._settings.compact_on_unload and room.log_updates:
                 self._compactor.request(room.room_id)
 
     async def _stop(self, room: CollabRoom) -> None:
         del self.rooms[room.room_id]
         await room.stop()
+        metrics.ROOMS_LOADED.dec()
+        metrics.LOG_ROWS_PENDING.dec(room.log_updates)
 
     async def delete(self, room_id: str) -> None:
         """Delete the room: close its clients (4404), commit what they sent, remove its data."""

@@ -6,6 +6,7 @@ Every limit has a name, a default and a reason; `docs/configuration.md` lists th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -82,3 +83,6 @@ class Settings(BaseSettings):
         Path(__file__).parent / "web_dist", description="Built web client served at `/`."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text` for people, `json` for log collectors (one object a line)."
+    )

@@ -9,8 +9,10 @@ from fastapi import APIRouter, WebSocket
 
 from crdt_store import ROOM_ID_PATTERN, RoomNotFound, StoreUnavailable
 
+from . import metrics
 from .closecodes import CloseCode
 from .connection import Connection
+from .logs import room_logger
 from .services import Services
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ async def room_socket(websocket: WebSocket, room_id: str) -> None:
     services: Services = websocket.app.state.services
     await websocket.accept()
     if not _ROOM_ID.match(room_id):
+        metrics.FRAMES_REJECTED.labels("invalid room id").inc()
         await websocket.close(CloseCode.BAD_FRAME, "invalid room id")
         return
     if not services.migrated.is_set():
@@ -39,11 +42,15 @@ async def room_socket(websocket: WebSocket, room_id: str) -> None:
         send_queue_max_bytes=services.settings.send_queue_max_bytes,
         wants_acks=websocket.query_params.get("ack") == "1",
     )
-    async with connection.running():
-        try:
-            await services.rooms.serve(connection)
-        except RoomNotFound:
-            connection.close(CloseCode.ROOM_NOT_FOUND, "room not found")
-        except StoreUnavailable:
-            logger.warning("room %s: cannot load, database unavailable", room_id)
-            connection.close(CloseCode.TRY_AGAIN_LATER, "database unavailable")
+    metrics.CONNECTIONS.inc()
+    try:
+        async with connection.running():
+            try:
+                await services.rooms.serve(connection)
+            except RoomNotFound:
+                connection.close(CloseCode.ROOM_NOT_FOUND, "room not found")
+            except StoreUnavailable:
+                room_logger(logger, room_id).warning("cannot load: database unavailable")
+                connection.close(CloseCode.TRY_AGAIN_LATER, "database unavailable")
+    finally:
+        metrics.CONNECTIONS.dec()

@@ -41,7 +41,7 @@ class ServerProcess:
         """The base URL y-websocket wants: `new WebsocketProvider(ws_url, roomId, doc)`."""
         return f"ws://127.0.0.1:{self.port}/ws"
 
-    def start(self, *, timeout: float = 30.0) -> None:
+    def start(self, *, timeout: float = 30.0, wait_ready: bool = True) -> None:
         env = {
             **os.environ,
             "COLLAB_DATABASE_URL": self.database_url,
@@ -55,7 +55,8 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_ready(timeout=timeout)
+        if wait_ready:
+            self.wait_ready(timeout=timeout)
 
     def wait_ready(self, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
