@@ -34,6 +34,7 @@ class Connection:
         *,
         send_queue_max_bytes: int,
         wants_acks: bool = False,
+        read_only: bool = False,
     ) -> None:
         self._websocket = websocket
         self._room_id = room_id
@@ -43,6 +44,8 @@ class Connection:
         self._wake_writer = asyncio.Event()
         self._close: tuple[int, str] | None = None
         self.wants_acks = wants_acks
+        #: Read-only clients receive everything; their updates are dropped, never stored.
+        self.read_only = read_only
         #: Document update messages received from this client, and how many are committed.
         self.updates_received = 0
         self.updates_committed = 0

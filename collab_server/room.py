@@ -175,6 +175,9 @@ class CollabRoom(YRoom):
             connection.send_nowait(self._awareness_message(list(self.awareness.states)))
 
     def _receive_update(self, connection: Connection, update: bytes) -> None:
+        if connection.read_only:
+            metrics.FRAMES_REJECTED.labels("read-only").inc()
+            return
         connection.updates_received += 1
         if update == EMPTY_UPDATE:
             if connection.uncommitted == 0:

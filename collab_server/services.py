@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -40,6 +41,8 @@ class Services:
     rooms: RoomManager
     completion: CompletionEngine
     migrated: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Wall-clock time in seconds, for token expiry (tests pass their own).
+    clock: Callable[[], float] = time.time
 
     async def ready(self) -> bool:
         """The schema is in place and the database answers now."""
@@ -83,6 +86,10 @@ async def _migrate_until_done(settings: Settings, migrated: asyncio.Event) -> No
 
 @asynccontextmanager
 async def running_services(settings: Settings) -> AsyncIterator[Services]:
+    if settings.token_secret is None:
+        logger.warning(
+            "open mode: COLLAB_TOKEN_SECRET is not set, anyone who knows a room id can join it"
+        )
     store = Store.connect(settings.database_url, pool_size=settings.db_pool_size)
     compactor = Compactor(store, settings)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -16,6 +16,10 @@ MIB = 1024 * 1024
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COLLAB_", env_file=".env", extra="ignore")
+
+    @property
+    def token_secret_bytes(self) -> bytes | None:
+        return self.token_secret.get_secret_value().encode() if self.token_secret else None
 
     database_url: str = Field(
         "sqlite:///collab.sqlite3",
@@ -25,6 +29,23 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface `serve` binds to.")
     port: int = Field(8000, description="Port `serve` listens on.")
     db_pool_size: int = Field(10, description="PostgreSQL connections kept open per process.")
+
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, the REST API requires it (`Authorization: Bearer <key>`) for "
+        "admin operations (create, list, delete rooms, mint tokens); room reads also accept a "
+        "token for that room. Unset: the REST API is open (local development).",
+    )
+    token_secret: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="Signs room access tokens (HMAC-SHA256; at least 32 characters). When set, "
+        "a WebSocket must carry `?token=` for its room. Unset: open mode, anyone who knows a "
+        "room id can join it (logged as a warning at startup).",
+    )
+    token_max_ttl_seconds: int = Field(
+        30 * 24 * 3600, description="Longest lifetime the API grants a token (30 days)."
+    )
 
     max_update_bytes: int = Field(
         1 * MIB,

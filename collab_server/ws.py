@@ -10,6 +10,7 @@ from fastapi import APIRouter, WebSocket
 from crdt_store import ROOM_ID_PATTERN, RoomNotFound, StoreUnavailable
 
 from . import metrics
+from .auth import AccessDenied, Permission, socket_permission
 from .closecodes import CloseCode
 from .connection import Connection
 from .logs import room_logger
@@ -22,7 +23,7 @@ _ROOM_ID = re.compile(ROOM_ID_PATTERN)
 
 @router.websocket("/ws/{room_id}")
 async def room_socket(websocket: WebSocket, room_id: str) -> None:
-    """Join a room. `?ack=1` opts into "committed" messages (see docs/protocol.md).
+    """Join a room. `?token=` when tokens are on; `?ack=1` opts into "committed" messages.
 
     Refusals are sent as close codes after accepting, because browsers hide the HTTP status
     of a refused upgrade; y-websocket stops retrying on 44xx.
@@ -33,6 +34,17 @@ async def room_socket(websocket: WebSocket, room_id: str) -> None:
         metrics.FRAMES_REJECTED.labels("invalid room id").inc()
         await websocket.close(CloseCode.BAD_FRAME, "invalid room id")
         return
+    try:
+        permission = socket_permission(
+            services.settings.token_secret_bytes,
+            websocket.query_params.get("token"),
+            room_id,
+            now=services.clock(),
+        )
+    except AccessDenied as denied:
+        metrics.FRAMES_REJECTED.labels("access denied").inc()
+        await websocket.close(denied.close_code, str(denied))
+        return
     if not services.migrated.is_set():
         await websocket.close(CloseCode.TRY_AGAIN_LATER, "database not ready")
         return
@@ -41,6 +53,7 @@ async def room_socket(websocket: WebSocket, room_id: str) -> None:
         room_id,
         send_queue_max_bytes=services.settings.send_queue_max_bytes,
         wants_acks=websocket.query_params.get("ack") == "1",
+        read_only=permission is Permission.READ,
     )
     metrics.CONNECTIONS.inc()
     try:

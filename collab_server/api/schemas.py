@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from crdt_store import RoomRecord
 
+from ..auth import Permission
+
 Language = Annotated[
     str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9+#._-]+$", examples=["python"])
 ]
@@ -107,3 +109,17 @@ class SuggestionOut(BaseModel):
 
 class AutocompleteResponse(BaseModel):
     suggestions: list[SuggestionOut]
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    permission: Permission = Permission.EDIT
+    ttl_seconds: int = Field(3600, ge=1, description="Lifetime of the token.")
+
+
+class TokenOut(BaseModel):
+    token: str
+    room_id: str
+    permission: Permission
+    expires_at: datetime

@@ -30,12 +30,25 @@ export class ApiError extends Error {
   }
 }
 
+/**
+ * The room token from the page's address (`/rooms/{id}?token=...`), when the server requires
+ * tokens. It is sent with every request and with the WebSocket connection.
+ */
+export const accessToken: string | null = new URLSearchParams(location.search).get('token')
+
+function headers(hasBody: boolean): Record<string, string> {
+  return {
+    ...(hasBody ? { 'Content-Type': 'application/json' } : {}),
+    ...(accessToken ? { Authorization: `Bearer ${accessToken}` } : {}),
+  }
+}
+
 async function request<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
   let response: Response
   try {
     response = await fetch(`/api/v1${path}`, {
       method,
-      headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
+      headers: headers(body !== undefined),
       body: body === undefined ? undefined : JSON.stringify(body),
       signal,
     })

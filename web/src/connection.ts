@@ -12,6 +12,8 @@ import * as decoding from 'lib0/decoding'
 import { WebsocketProvider } from 'y-websocket'
 import * as Y from 'yjs'
 
+import { accessToken } from './api'
+
 export type ConnectionState = 'connecting' | 'live' | 'reconnecting' | 'offline'
 export type SaveState = 'saved' | 'saving' | 'unsaved'
 
@@ -65,7 +67,7 @@ export function connectToRoom(roomId: string, events: ConnectionEvents): RoomCon
 
   const wsBase = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`
   const provider = new WebsocketProvider(wsBase, roomId, doc, {
-    params: { ack: '1' },
+    params: accessToken ? { ack: '1', token: accessToken } : { ack: '1' },
     WebSocketPolyfill: CountingSocket,
     // Every tab talks to the server itself, so "saved" always means "on the server".
     disableBc: true,

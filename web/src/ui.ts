@@ -1,6 +1,7 @@
 // Plain-DOM views: the home page, the room page and full-page messages.
 // Views only render and report user intent; main.ts wires them up.
 
+import { accessToken } from './api'
 import type { ConnectionState, SaveState } from './connection'
 import type { Participant } from './presence'
 
@@ -133,7 +134,8 @@ export function renderRoom(
   user: { name: string },
   handlers: RoomHandlers,
 ): RoomView {
-  const shareLink = `${location.origin}/rooms/${encodeURIComponent(room.id)}`
+  // The token (when the server requires one) is the invitation: the link carries it.
+  const shareLink = `${location.origin}/rooms/${encodeURIComponent(room.id)}${accessToken ? `?token=${encodeURIComponent(accessToken)}` : ''}`
   const language = languageSelect(languages, room.language, { 'aria-label': 'Language' })
   const linkInput = h('input', { readonly: true, value: shareLink, 'aria-label': 'Share link', class: 'share-link' })
   const copy = h('button', { type: 'button' }, 'Copy link')

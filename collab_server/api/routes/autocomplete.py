@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ...autocomplete import Suggestion, utf16_offset_to_index
-from ..deps import ReadyServicesDep, RoomIdPath, ServicesDep
+from ..deps import AnyToken, ReadyServicesDep, RoomIdPath, RoomRead, ServicesDep
 from ..schemas import (
     AutocompleteRequest,
     AutocompleteResponse,
@@ -35,7 +35,7 @@ def _response(suggestions: list[Suggestion]) -> AutocompleteResponse:
     )
 
 
-@router.post("/autocomplete", response_model=AutocompleteResponse)
+@router.post("/autocomplete", response_model=AutocompleteResponse, dependencies=[AnyToken])
 async def autocomplete(body: AutocompleteRequest, services: ServicesDep) -> AutocompleteResponse:
     """Suggestions for the code at the cursor (deterministic, rule-based mock)."""
     index = cursor_index(body.code, body.cursorPosition)
@@ -46,6 +46,7 @@ async def autocomplete(body: AutocompleteRequest, services: ServicesDep) -> Auto
     "/rooms/{room_id}/autocomplete",
     response_model=AutocompleteResponse,
     responses={404: {"description": "No such room"}},
+    dependencies=[RoomRead],
 )
 async def room_autocomplete(
     room_id: RoomIdPath, body: RoomAutocompleteRequest, services: ReadyServicesDep
