@@ -19,7 +19,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from . import metrics
 from .closecodes import CloseCode
 from .logs import room_logger
-from .protocol import ProtocolError, committed_message
+from .protocol import AwarenessUpdate, ProtocolError, committed_message
+from .ratelimit import TokenBucket
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +34,25 @@ class Connection:
         websocket: WebSocket,
         room_id: str,
         *,
-        send_queue_max_bytes: int,
+        settings: Settings,
         wants_acks: bool = False,
         read_only: bool = False,
     ) -> None:
         self._websocket = websocket
         self._room_id = room_id
-        self._send_queue_max_bytes = send_queue_max_bytes
+        self._send_queue_max_bytes = settings.send_queue_max_bytes
+        burst = settings.client_burst_seconds
+        self._messages = TokenBucket(
+            settings.client_updates_per_second, settings.client_updates_per_second * burst
+        )
+        self._bytes = TokenBucket(
+            settings.client_bytes_per_second, settings.client_bytes_per_second * burst
+        )
+        per_minute = settings.sync_requests_per_minute
+        self.sync_requests = TokenBucket(per_minute / 60, per_minute)
+        #: The awareness message waiting for its relay slot, and when the last one went out.
+        self.pending_awareness: tuple[AwarenessUpdate, bytes] | None = None
+        self.last_awareness_at = 0.0
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._wake_writer = asyncio.Event()
@@ -51,8 +65,6 @@ class Connection:
         self.updates_committed = 0
         #: Updates from this client queued or in a commit not yet finished.
         self.uncommitted = 0
-        #: Awareness client ids this connection has announced (removed when it closes).
-        self.awareness_ids: set[int] = set()
 
     @property
     def path(self) -> str:
@@ -79,6 +91,10 @@ class Connection:
             raise ProtocolError("text frames are not part of the protocol")
         metrics.BYTES_IN.inc(len(data))
         return bytes(data)
+
+    def throttle(self, size: int) -> float:
+        """Charge one message of `size` bytes; seconds to wait before reading the next."""
+        return max(self._messages.take(), self._bytes.take(size))
 
     async def recv(self) -> bytes:
         return await self.__anext__()

@@ -43,6 +43,10 @@ class MessageTooBig(ProtocolError):
     close_code = CloseCode.MESSAGE_TOO_BIG
 
 
+class RateLimited(ProtocolError):
+    close_code = CloseCode.RATE_LIMITED
+
+
 @dataclass(frozen=True, slots=True)
 class SyncStep1:
     state_vector: bytes

@@ -53,6 +53,7 @@ from .protocol import (
     DocumentUpdate,
     ProtocolError,
     QueryAwareness,
+    RateLimited,
     SyncStep1,
     parse_frame,
     sync_step2_message,
@@ -111,6 +112,7 @@ class CollabRoom(YRoom):
         self._idle = asyncio.Event()
         self._idle.set()
         self._full_update: bytes | None = None
+        self._awareness_owners: dict[int, Connection] = {}
         self._transaction_updates: list[bytes] = []
         # The server has no cursor of its own: without this it announced an empty peer.
         self.awareness.set_local_state(None)
@@ -150,6 +152,9 @@ class CollabRoom(YRoom):
                 connection.send_nowait(self._awareness_message(list(self.awareness.states)))
             async for message in connection:
                 self._receive(connection, message)
+                delay = connection.throttle(len(message))
+                if delay:
+                    await asyncio.sleep(delay)
                 if len(self._pending) >= self._settings.max_pending_updates:
                     self._capacity.clear()
                     await self._capacity.wait()
@@ -168,6 +173,8 @@ class CollabRoom(YRoom):
         if isinstance(frame, DocumentUpdate):
             self._receive_update(connection, frame.update)
         elif isinstance(frame, SyncStep1):
+            if not connection.sync_requests.try_take():
+                raise RateLimited("too many sync requests")
             connection.send_nowait(sync_step2_message(self._update_since(frame.state_vector)))
         elif isinstance(frame, AwarenessUpdate):
             self._receive_awareness(connection, frame, message)
@@ -216,11 +223,30 @@ class CollabRoom(YRoom):
     def _receive_awareness(
         self, connection: Connection, frame: AwarenessUpdate, message: bytes
     ) -> None:
+        """Apply and relay a client's awareness, at most once per `awareness_interval_seconds`
+        per client: a flood is coalesced to its latest state (each message carries the whole
+        state of its entries, so the latest supersedes the others)."""
+        # A client id belongs to the first connection that announced it, until it closes: a
+        # client cannot set or remove another client's cursor. (Messages mixing in another
+        # client's entry are dropped whole; y-websocket clients only send their own.)
+        owners = self._awareness_owners
+        if any(owners.setdefault(e.client_id, connection) is not connection for e in frame.entries):
+            metrics.FRAMES_REJECTED.labels("awareness of another client").inc()
+            return
+        pending = connection.pending_awareness
+        connection.pending_awareness = (frame, message)
+        if pending is None:
+            wait = connection.last_awareness_at + self._settings.awareness_interval_seconds
+            asyncio.get_running_loop().call_at(wait, self._relay_awareness, connection)
+
+    def _relay_awareness(self, connection: Connection) -> None:
+        if connection.pending_awareness is None or connection not in self.clients:
+            return
+        (frame, message), connection.pending_awareness = connection.pending_awareness, None
+        connection.last_awareness_at = asyncio.get_running_loop().time()
         for entry in frame.entries:
             if entry.state is None:
-                connection.awareness_ids.discard(entry.client_id)
-            else:
-                connection.awareness_ids.add(entry.client_id)
+                self._awareness_owners.pop(entry.client_id, None)
         self.awareness.apply_awareness_update(frame.payload, connection)
         # Sent back to its sender too: y-websocket clients reconnect when they hear nothing for
         # 30 s, and their own awareness renewal (every 15 s) is what they hear in a quiet room.
@@ -228,7 +254,10 @@ class CollabRoom(YRoom):
             client.send_nowait(message)
 
     def _forget_awareness(self, connection: Connection) -> None:
-        ids = [i for i in connection.awareness_ids if i in self.awareness.states]
+        owned = [i for i, owner in self._awareness_owners.items() if owner is connection]
+        for client_id in owned:
+            del self._awareness_owners[client_id]
+        ids = [i for i in owned if i in self.awareness.states]
         if ids:
             self.awareness.remove_awareness_states(ids, connection)
             message = self._awareness_message(ids)

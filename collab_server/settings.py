@@ -68,6 +68,28 @@ class Settings(BaseSettings):
         description="Bytes queued for one client that does not read. Past it the client is "
         "closed with 1013 and resyncs on reconnect: memory stays bounded, nothing is skipped.",
     )
+    client_updates_per_second: float = Field(
+        50_000,
+        description="Sustained update messages read from one client; faster senders are "
+        "throttled (the server reads more slowly), never disconnected. High enough for a "
+        "client replaying a 260k-edit session at full speed.",
+    )
+    client_bytes_per_second: float = Field(
+        16 * MIB, description="Sustained bytes read from one client, throttled the same way."
+    )
+    client_burst_seconds: float = Field(
+        2.0, description="How many seconds of the sustained rates a client may send at once."
+    )
+    awareness_interval_seconds: float = Field(
+        0.05,
+        description="At most one awareness relay per client per interval: a flood of cursor "
+        "updates is coalesced to the latest state (20 per second by default).",
+    )
+    sync_requests_per_minute: int = Field(
+        30,
+        description="Sync step 1 messages one client may send per minute (each makes the "
+        "server encode the document; clients send one per connection). Past it: close 4429.",
+    )
     ws_per_message_deflate: bool = Field(
         False,
         description="permessage-deflate roughly doubles server CPU for streams of tiny updates "

@@ -51,7 +51,7 @@ async def room_socket(websocket: WebSocket, room_id: str) -> None:
     connection = Connection(
         websocket,
         room_id,
-        send_queue_max_bytes=services.settings.send_queue_max_bytes,
+        settings=services.settings,
         wants_acks=websocket.query_params.get("ack") == "1",
         read_only=permission is Permission.READ,
     )

@@ -14,6 +14,7 @@ from typing import Any
 from starlette.websockets import WebSocketState
 
 from collab_server.connection import Connection
+from collab_server.settings import Settings
 
 
 class MemoryWebSocket:
@@ -49,5 +50,5 @@ class MemoryWebSocket:
 
 def memory_connection(room_id: str) -> tuple[Connection, MemoryWebSocket]:
     socket = MemoryWebSocket()
-    connection = Connection(socket, room_id, send_queue_max_bytes=1 << 30)  # type: ignore[arg-type]
+    connection = Connection(socket, room_id, settings=Settings())  # type: ignore[arg-type]
     return connection, socket
