@@ -351,6 +351,13 @@ def test_server_environment_names_only_real_settings() -> None:
     assert set(service("server")["environment"]) <= known
 
 
+def test_server_runs_with_auth_on_and_refuses_to_start_without_secrets() -> None:
+    environment = service("server")["environment"]
+    for name in ("COLLAB_API_KEY", "COLLAB_TOKEN_SECRET"):
+        # `${NAME:?message}`: compose stops with the message when the operator did not set it.
+        assert re.fullmatch(rf"\$\{{{name}:\?.+\}}", environment[name]), environment[name]
+
+
 def test_server_starts_once_postgres_is_healthy() -> None:
     assert service("server")["depends_on"] == {"postgres": {"condition": "service_healthy"}}
 
