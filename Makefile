@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 web: collab_server/web_dist/index.html
 
-collab_server/web_dist/index.html: web/package-lock.json $(shell find web/src web/index.html web/vite.config.ts -type f 2>/dev/null)
+collab_server/web_dist/index.html: web/package.json web/package-lock.json web/tsconfig.json $(shell find web/src web/index.html web/vite.config.ts -type f 2>/dev/null)
 	cd web && npm ci --no-audit --no-fund && npm run build
 
 node-deps: tests/node/node_modules/.package-lock.json

@@ -36,6 +36,18 @@ export class ApiError extends Error {
  */
 export const accessToken: string | null = new URLSearchParams(location.search).get('token')
 
+/** Whether the page's token only grants reading (the server drops a reader's edits). */
+export function tokenIsReadOnly(token: string | null = accessToken): boolean {
+  try {
+    const payload = token?.split('.')[1]
+    if (!payload) return false
+    const json = atob(payload.replace(/-/g, '+').replace(/_/g, '/'))
+    return (JSON.parse(json) as { perm?: string }).perm === 'read'
+  } catch {
+    return false
+  }
+}
+
 function headers(hasBody: boolean): Record<string, string> {
   return {
     ...(hasBody ? { 'Content-Type': 'application/json' } : {}),

@@ -1,6 +1,6 @@
 // The room page: wires the connection, the editor, presence and the view together.
 
-import { updateRoom, type ApiError, type Room } from './api'
+import { tokenIsReadOnly, updateRoom, type ApiError, type Room } from './api'
 import { registerAutocomplete } from './autocomplete'
 import { connectToRoom } from './connection'
 import { createSharedEditor } from './editor'
@@ -82,5 +82,10 @@ export function openRoom(root: HTMLElement, room: Room): void {
   window.addEventListener('beforeunload', (event) => {
     if (connection.hasUnsavedChanges()) event.preventDefault()
   })
-  shared.editor.focus()
+  if (tokenIsReadOnly()) {
+    shared.editor.updateOptions({ readOnly: true })
+    view.showBanner('Read-only: this link lets you follow the room, not edit it.')
+  } else {
+    shared.editor.focus()
+  }
 }
