@@ -16,6 +16,7 @@ from rich.table import Table
 from crdt_store import (
     CompactionError,
     CompactionResult,
+    LogChanged,
     RoomNotFound,
     Store,
     StoreUnavailable,
@@ -74,7 +75,7 @@ async def compact_rooms(
                     report.results.append(result)
                 except RoomNotFound:
                     report.missing.append(room_id)
-                except CompactionError as error:
+                except (CompactionError, LogChanged) as error:
                     report.failed.append((room_id, str(error)))
                 progress.advance(task)
     finally:

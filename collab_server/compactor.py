@@ -2,16 +2,19 @@
 
 Compactions run as background tasks, at most one per room at a time, with their CPU-heavy part
 in a worker thread (see `crdt_store.compaction`), so a big room compacting does not stall the
-others. A failed compaction is logged and retried at the next trigger; the log is untouched.
+others. A failed compaction is logged and not retried for `RETRY_AFTER_FAILURE_SECONDS` (a
+room whose log waits for a missing update would otherwise re-encode its document after every
+commit); the log is untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
-from crdt_store import CompactionResult, RoomNotFound, Store, compact_room
+from crdt_store import RoomNotFound, RoomRecord, Store, compact_room
 
 from . import metrics
 from .logs import room_logger
@@ -19,12 +22,18 @@ from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
+RETRY_AFTER_FAILURE_SECONDS = 60.0
+#: Called with the room's stored figures once a compaction attempt ends (the log may have been
+#: compacted by another process meanwhile: the stored figures are the truth).
+OnDone = Callable[[RoomRecord], None]
+
 
 class Compactor:
     def __init__(self, store: Store, settings: Settings) -> None:
         self._store = store
         self._settings = settings
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._failed_at: dict[str, float] = {}
 
     def due(self, log_updates: int, log_bytes: int) -> bool:
         return (
@@ -32,27 +41,30 @@ class Compactor:
             or log_bytes >= self._settings.compact_after_bytes
         )
 
-    def request(
-        self, room_id: str, on_done: Callable[[CompactionResult], None] | None = None
-    ) -> None:
-        """Compact the room in the background unless a compaction of it is already running."""
+    def request(self, room_id: str, on_done: OnDone | None = None) -> None:
+        """Compact the room in the background unless a compaction of it is already running
+        or one failed less than `RETRY_AFTER_FAILURE_SECONDS` ago."""
+        failed_at = self._failed_at.get(room_id)
+        if failed_at is not None and time.monotonic() - failed_at < RETRY_AFTER_FAILURE_SECONDS:
+            return
         if room_id not in self._running:
             task = asyncio.create_task(self._compact(room_id, on_done), name=f"compact:{room_id}")
             self._running[room_id] = task
             task.add_done_callback(lambda _: self._running.pop(room_id, None))
 
-    async def _compact(
-        self, room_id: str, on_done: Callable[[CompactionResult], None] | None
-    ) -> None:
+    async def _compact(self, room_id: str, on_done: OnDone | None) -> None:
         log = room_logger(logger, room_id)
         try:
             result = await compact_room(self._store, room_id)
+            record = await self._store.get_room(room_id)
         except RoomNotFound:
             return
         except Exception:
+            self._failed_at[room_id] = time.monotonic()
             metrics.COMPACTIONS.labels("failed").inc()
             log.exception("compaction failed; the log is kept")
             return
+        self._failed_at.pop(room_id, None)
         metrics.COMPACTIONS.labels("compacted" if result.compacted else "skipped").inc()
         if result.compacted:
             log.info(
@@ -63,7 +75,7 @@ class Compactor:
                 result.seconds,
             )
         if on_done is not None:
-            on_done(result)
+            on_done(record)
 
     async def aclose(self) -> None:
         """Stop running compactions: an interrupted one rolls back and loses nothing."""

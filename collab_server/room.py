@@ -40,7 +40,7 @@ from pycrdt import (
 )
 from pycrdt.websocket import YRoom
 
-from crdt_store import CompactionResult, GroupCommitter, RoomNotFound, StoreUnavailable
+from crdt_store import GroupCommitter, RoomNotFound, RoomRecord, StoreUnavailable
 
 from . import metrics
 from .closecodes import CloseCode
@@ -305,11 +305,9 @@ class CollabRoom(YRoom):
         if self._compactor.due(self.log_updates, self.log_bytes):
             self._compactor.request(self.room_id, self._compacted)
 
-    def _compacted(self, result: CompactionResult) -> None:
-        if result.compacted:
-            self.log_updates -= result.log_rows
-            self.log_bytes -= result.log_bytes
-            metrics.LOG_ROWS_PENDING.dec(result.log_rows)
+    def _compacted(self, stored: RoomRecord) -> None:
+        metrics.LOG_ROWS_PENDING.inc(stored.log_updates - self.log_updates)
+        self.log_updates, self.log_bytes = stored.log_updates, stored.log_bytes
 
     async def _commit(self, updates: list[bytes]) -> int:
         """Commit, retrying while the database is unavailable: nothing is relayed meanwhile."""
