@@ -31,7 +31,9 @@ node-deps: tests/node/node_modules/.package-lock.json
 tests/node/node_modules/.package-lock.json: tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund
 
+LINTED := collab_server crdt_store tests $(wildcard bench)
+
 lint: install
-	$(BIN)/ruff check collab_server crdt_store tests bench
-	$(BIN)/ruff format --check collab_server crdt_store tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
