@@ -127,6 +127,31 @@ def parse_frame(data: bytes, *, max_awareness_bytes: int) -> Frame:
     raise ProtocolError("unknown message type", str(message_type))
 
 
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number out of range")
+    return value
+
+
+def _strict_json(raw: bytes) -> object:
+    """JSON as the clients' `JSON.parse` reads it: UTF-8, no NaN/Infinity, finite numbers.
+
+    Python's `json.loads` is laxer (it takes UTF-16/32 bytes, NaN, 1e999 as infinity), and what
+    it lets through is relayed to browsers that would reject it.
+    """
+    try:
+        return json.loads(
+            raw.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError("awareness state is not JSON") from None
+
+
 def _parse_awareness(payload: bytes) -> tuple[AwarenessEntry, ...]:
     count, pos = read_var_uint(payload, 0)
     if count > _MAX_AWARENESS_ENTRIES:
@@ -136,10 +161,7 @@ def _parse_awareness(payload: bytes) -> tuple[AwarenessEntry, ...]:
         client_id, pos = read_var_uint(payload, pos)
         clock, pos = read_var_uint(payload, pos)
         raw_state, pos = read_var_bytes(payload, pos)
-        try:
-            state = json.loads(raw_state)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ProtocolError("awareness state is not JSON") from None
+        state = _strict_json(raw_state)
         entries.append(AwarenessEntry(client_id, clock, state))
     _expect_end(payload, pos)
     return tuple(entries)

@@ -40,7 +40,13 @@ from pycrdt import (
 )
 from pycrdt.websocket import YRoom
 
-from crdt_store import GroupCommitter, RoomNotFound, RoomRecord, StoreUnavailable
+from crdt_store import (
+    GroupCommitter,
+    RoomNotFound,
+    RoomRecord,
+    StoreUnavailable,
+    is_update_error,
+)
 
 from . import metrics
 from .closecodes import CloseCode
@@ -191,9 +197,12 @@ class CollabRoom(YRoom):
                 connection.acknowledge(connection.updates_received)
             return
         try:
-            get_state(update)  # decodes the whole update without applying it
-        except BaseException as error:  # pyo3 panics derive from BaseException
-            if isinstance(error, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
+            # Decoding is not enough: yrs panics on some updates that decode (a zero-length
+            # item, say). A trial apply into an empty document catches those before commit.
+            get_state(update)
+            Doc().apply_update(update)
+        except BaseException as error:
+            if not is_update_error(error):
                 raise
             raise ProtocolError("update does not decode") from None
         metrics.UPDATES_RECEIVED.inc()
@@ -247,7 +256,11 @@ class CollabRoom(YRoom):
         for entry in frame.entries:
             if entry.state is None:
                 self._awareness_owners.pop(entry.client_id, None)
-        self.awareness.apply_awareness_update(frame.payload, connection)
+        try:
+            self.awareness.apply_awareness_update(frame.payload, connection)
+        except Exception:
+            connection.close(CloseCode.BAD_FRAME, "awareness update does not apply")
+            return
         # Sent back to its sender too: y-websocket clients reconnect when they hear nothing for
         # 30 s, and their own awareness renewal (every 15 s) is what they hear in a quiet room.
         for client in self.clients:
@@ -336,7 +349,9 @@ class CollabRoom(YRoom):
                 for update in updates:
                     try:
                         self.ydoc.apply_update(update)
-                    except Exception:
+                    except BaseException as error:
+                        if not is_update_error(error):
+                            raise
                         self.log.exception("a committed update did not apply")
             merged.extend((origin, u) for u in self._transaction_updates)
         self._transaction_updates.clear()

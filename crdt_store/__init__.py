@@ -6,7 +6,14 @@ Knows rooms, updates, snapshots and databases; nothing of HTTP or WebSockets.
 from __future__ import annotations
 
 from .compaction import CompactionError, CompactionResult, compact_room
-from .documents import TEXT_NAME, apply_updates, doc_from_state, text_of, text_update
+from .documents import (
+    TEXT_NAME,
+    apply_updates,
+    doc_from_state,
+    is_update_error,
+    text_of,
+    text_update,
+)
 from .errors import LogChanged, RoomNotFound, StoreError, StoreUnavailable
 from .group_commit import GroupCommitter
 from .migrate import upgrade_database
@@ -31,6 +38,7 @@ __all__ = [
     "apply_updates",
     "compact_room",
     "doc_from_state",
+    "is_update_error",
     "new_room_id",
     "text_of",
     "text_update",

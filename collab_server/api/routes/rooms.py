@@ -43,7 +43,7 @@ async def create_room(body: RoomCreate, services: ReadyServicesDep) -> RoomDetai
 async def list_rooms(
     services: ReadyServicesDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
 ) -> RoomList:
     page = await services.store.list_rooms(limit=limit, offset=offset)
     return RoomList(
