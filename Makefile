@@ -37,3 +37,6 @@ lint: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
+
+bench-smoke: install
+	$(BIN)/python -m bench.compaction --smoke
