@@ -106,10 +106,13 @@ class Connection:
         """Queue a frame for the writer; close the client if it has stopped reading."""
         if self._close is not None:
             return
+        # The bound is on the backlog behind this frame: one frame larger than the bound (the
+        # sync reply of a large document) still goes out to a client that reads.
+        backlog = self._queued_bytes
         self._queue.append(message)
         self._queued_bytes += len(message)
         self._wake_writer.set()
-        if self._queued_bytes > self._send_queue_max_bytes:
+        if backlog > self._send_queue_max_bytes:
             room_logger(logger, self._room_id).warning("closing a client that does not read")
             self.close(CloseCode.TRY_AGAIN_LATER, "client too slow: reconnect to resync")
 

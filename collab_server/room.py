@@ -118,12 +118,20 @@ class CollabRoom(YRoom):
         self._idle = asyncio.Event()
         self._idle.set()
         self._full_update: bytes | None = None
+        #: Set once every task of the room runs: only then may it be stopped.
+        self.running = asyncio.Event()
         self._awareness_owners: dict[int, Connection] = {}
         self._transaction_updates: list[bytes] = []
         # The server has no cursor of its own: without this it announced an empty peer.
         self.awareness.set_local_state(None)
 
     # -- pycrdt-websocket overrides -------------------------------------------------------
+
+    async def _start(self, task_status: Any) -> None:
+        # YRoom reports "started" before its tasks are; stopping it in between (its last client
+        # left at once) crashed YRoom.start inside the server's task group, stopping every room.
+        await super()._start(task_status)
+        self.running.set()
 
     async def _watch_ready(self) -> None:
         await self.ready_event.wait()

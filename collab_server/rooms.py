@@ -84,6 +84,7 @@ class RoomManager(WebsocketServer):
                     settings=self._settings,
                 )
                 await self.start_room(room)
+                await room.running.wait()
                 self.rooms[name] = room
                 metrics.ROOMS_LOADED.inc()
                 room.log.info("loaded (%d log rows after the snapshot)", len(state.updates))
