@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -113,10 +113,27 @@ async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
+ServerFactory = Callable[..., ServerProcess]
+
+
 @pytest.fixture
-def live_server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start real `collab-server serve` processes: `start_server(url, COLLAB_X="...")`."""
+    servers: list[ServerProcess] = []
+
+    def start(database_url: str, **env: str) -> ServerProcess:
+        log_path = tmp_path / f"server-{len(servers)}.log"
+        server = ServerProcess(database_url=database_url, log_path=log_path, env=env)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+@pytest.fixture
+def live_server(database_url: str, start_server: ServerFactory) -> ServerProcess:
     """A real `collab-server serve` process on a free port, on a fresh database."""
-    server = ServerProcess(database_url=database_url, log_path=tmp_path / "server.log")
-    server.start()
-    yield server
-    server.kill()
+    return start_server(database_url)

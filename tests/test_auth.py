@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,7 @@ from collab_server.auth import (
     mint_token,
     verify_token,
 )
+from tests.conftest import ServerFactory
 from tests.support.node_client import NodeYClient
 from tests.support.server import ServerProcess
 
@@ -157,15 +158,8 @@ async def test_tokens_are_refused_when_no_secret_is_configured(api: httpx.AsyncC
 
 
 @pytest.fixture
-def secured_server(sqlite_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(
-        database_url=sqlite_url,
-        log_path=tmp_path / "server.log",
-        env={"COLLAB_TOKEN_SECRET": SECRET, "COLLAB_API_KEY": API_KEY},
-    )
-    server.start()
-    yield server
-    server.kill()
+def secured_server(sqlite_url: str, start_server: ServerFactory) -> ServerProcess:
+    return start_server(sqlite_url, COLLAB_TOKEN_SECRET=SECRET, COLLAB_API_KEY=API_KEY)
 
 
 def live_room(server: ServerProcess, content: str = "") -> str:

@@ -4,13 +4,12 @@ compact the same room; nothing is lost, nothing is duplicated."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
+from tests.conftest import ServerFactory
 from tests.support.node_client import NodeYClient
 from tests.support.server import ServerProcess
 from tests.test_sync import create_room, rest_content, synced_client, wait_rest_content
@@ -19,16 +18,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.node]
 
 
 @pytest.fixture
-def compacting_server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+def compacting_server(database_url: str, start_server: ServerFactory) -> ServerProcess:
     """A server that compacts a room every 40 log rows."""
-    server = ServerProcess(
-        database_url=database_url,
-        log_path=tmp_path / "server.log",
-        env={"COLLAB_COMPACT_AFTER_UPDATES": "40"},
-    )
-    server.start()
-    yield server
-    server.kill()
+    return start_server(database_url, COLLAB_COMPACT_AFTER_UPDATES="40")
 
 
 def room_detail(server: ServerProcess, room_id: str) -> dict[str, int]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -14,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import POSTGRES_ADMIN_URL
+from tests.conftest import POSTGRES_ADMIN_URL, ServerFactory
 from tests.support.node_client import NodeYClient
 from tests.support.server import ServerProcess
 from tests.test_sync import create_room, rest_content, wait_rest_content
@@ -52,15 +51,8 @@ async def test_metrics_count_connections_updates_and_commits(live_server: Server
 
 
 @pytest.fixture
-def json_logging_server(sqlite_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(
-        database_url=sqlite_url,
-        log_path=tmp_path / "server.log",
-        env={"COLLAB_LOG_FORMAT": "json"},
-    )
-    server.start()
-    yield server
-    server.kill()
+def json_logging_server(sqlite_url: str, start_server: ServerFactory) -> ServerProcess:
+    return start_server(sqlite_url, COLLAB_LOG_FORMAT="json")
 
 
 async def test_json_logs_carry_the_room_id_and_no_payloads(
