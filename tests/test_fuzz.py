@@ -799,11 +799,6 @@ def test_valid_requests_get_documented_status_codes(
     case.call_and_validate(base_url=sqlite_server.http_url, checks=[status_code_conformance])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FastAPI answers 400 'There was an error parsing the body' to a body that is not "
-    "UTF-8; no operation documents 400 (schemathesis ST103)",
-)
 def test_a_body_that_is_not_utf8_gets_a_documented_status(sqlite_server: ServerProcess) -> None:
     documented = openapi_schema()["paths"]["/api/v1/rooms"]["post"]["responses"]
     response = httpx.post(

@@ -6,7 +6,10 @@ from fastapi import APIRouter
 
 from .routes import autocomplete, health, rooms
 
-api_router = APIRouter(prefix="/api/v1")
+api_router = APIRouter(
+    prefix="/api/v1",
+    responses={400: {"description": "The body could not be read (not UTF-8 JSON)"}},
+)
 api_router.include_router(rooms.router)
 api_router.include_router(autocomplete.router)
 
