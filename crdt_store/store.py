@@ -74,8 +74,13 @@ class _SnapshotMoved(Exception):
 
 
 def new_room_id() -> str:
-    """A URL-safe random id (72 bits): unguessable enough that knowing it is the invitation."""
-    return secrets.token_urlsafe(9)
+    """A URL-safe random id (72 bits): unguessable enough that knowing it is the invitation.
+
+    Never starting with "-": `collab-server compact -abc` would read such an id as an option.
+    """
+    while (room_id := secrets.token_urlsafe(9)).startswith("-"):
+        pass
+    return room_id
 
 
 def _now() -> datetime:

@@ -12,6 +12,7 @@ from crdt_store import (
     Store,
     StoreUnavailable,
     doc_from_state,
+    new_room_id,
     text_of,
     text_update,
 )
@@ -46,6 +47,10 @@ async def test_room_ids_are_url_safe_and_unique(store: Store) -> None:
     ids = {(await store.create_room(name="r", language="plaintext")).id for _ in range(20)}
     assert len(ids) == 20
     assert all(id_.replace("-", "").replace("_", "").isalnum() for id_ in ids)
+
+
+def test_room_ids_never_start_with_a_dash_so_the_cli_cannot_mistake_them_for_options() -> None:
+    assert not any(new_room_id().startswith("-") for _ in range(5000))
 
 
 async def test_unknown_room_raises_room_not_found(store: Store) -> None:
