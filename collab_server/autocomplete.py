@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 __all__ = [
@@ -654,16 +654,7 @@ _JAVASCRIPT = _Language(
     import_line=None,
     rules=_JS_RULES,
 )
-_TYPESCRIPT = _Language(
-    words=_JS_WORDS + _TS_WORDS,
-    members=_JS_MEMBERS,
-    identifier=_JS_IDENTIFIER,
-    reversed_word=re.compile(r"[\w$]*"),
-    tokens=_JS_TOKENS,
-    line_comment="//",
-    import_line=None,
-    rules=_JS_RULES,
-)
+_TYPESCRIPT = replace(_JAVASCRIPT, words=_JS_WORDS + _TS_WORDS)
 # Unknown languages: no vocabulary or lexing we could trust, only the document's words.
 _PLAIN = _Language(
     words=(),
