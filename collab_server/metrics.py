@@ -12,7 +12,8 @@ CONNECTIONS = Gauge("collab_connections", "WebSocket connections open now.")
 ROOMS_LOADED = Gauge("collab_rooms_loaded", "Rooms loaded in memory now.")
 UPDATES_RECEIVED = Counter("collab_updates_received_total", "Document updates received.")
 UPDATES_RELAYED = Counter(
-    "collab_updates_relayed_total", "Update frames sent to clients (one per client per batch)."
+    "collab_updates_relayed_total",
+    "Update frames sent to clients (per batch: one per client per other sender).",
 )
 BYTES_IN = Counter("collab_bytes_in_total", "WebSocket payload bytes received.")
 BYTES_OUT = Counter("collab_bytes_out_total", "WebSocket payload bytes sent.")

@@ -1,15 +1,16 @@
 """A room: one document, its clients, and the path of every update through it.
 
-    socket -> Connection -> CollabRoom.serve (parse, validate) -> pending
-           -> flush: store commit (group commit) -> apply to the document -> relay to the others
+    socket -> Connection -> CollabRoom.serve (parse) -> pending
+           -> flush: apply to the document (validate) -> store commit (group commit)
+           -> relay to the others -> answer the sync requests that waited for the commit
 
 `CollabRoom` subclasses pycrdt-websocket 0.16.5's `YRoom` (its lifecycle, task group and
 awareness) and replaces the points where 0.16.5 is defective for a durable server:
 
 * `_broadcast_updates` relayed every update to every client before any store write (and wrote
-  through one task per update). Here updates are committed first, then applied and relayed:
-  the room's `ydoc` holds exactly the committed state, so a joiner's sync reply can never
-  contain an edit the log might lose.
+  through one task per update). Here a batch is applied, committed, and only then relayed; a
+  sync request is answered only while the document holds nothing uncommitted (else right
+  after the commit in flight), so no client ever receives an edit the log might lose.
 * `_watch_ready` fed updates into a memory stream of 65,536 items through `send_nowait`,
   silently dropping everything past it (observers of a fast writer stuck at 79,466 of 259,778
   updates until they reconnected). Here the pending list is unbounded in the type and bounded
@@ -26,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from pycrdt import (
     Doc,
@@ -34,8 +37,6 @@ from pycrdt import (
     YMessageType,
     create_sync_message,
     create_update_message,
-    get_state,
-    merge_updates,
     write_message,
 )
 from pycrdt.websocket import YRoom
@@ -67,6 +68,7 @@ from .protocol import (
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _EMPTY_STATE_VECTOR = b"\x00"
 
@@ -75,6 +77,15 @@ def _log_and_continue(exception: Exception, log: logging.Logger) -> bool:
     """pycrdt-websocket re-raises unhandled room errors, which took the whole server down."""
     log.error("unexpected error", exc_info=exception)
     return True
+
+
+@dataclass
+class Applied:
+    """What a batch did to the document: the updates it accepted, in the order applied (to be
+    committed), and what each sender's transaction integrated (to be relayed)."""
+
+    accepted: list[tuple[Connection, bytes]] = field(default_factory=list)
+    integrated: list[tuple[Connection, bytes]] = field(default_factory=list)
 
 
 class CollabRoom(YRoom):
@@ -93,6 +104,7 @@ class CollabRoom(YRoom):
         committer: GroupCommitter,
         compactor: Compactor,
         settings: Settings,
+        reload_doc: Callable[[], Awaitable[Doc[Any]]],
     ) -> None:
         super().__init__(
             ready=True,
@@ -110,7 +122,8 @@ class CollabRoom(YRoom):
         self._committer = committer
         self._compactor = compactor
         self._settings = settings
-        self._pending: list[tuple[bytes, Connection | None]] = []
+        self._reload_doc = reload_doc
+        self._pending: list[tuple[bytes, Connection]] = []
         self._oldest_pending_at = 0.0
         self._work = asyncio.Event()
         self._capacity = asyncio.Event()
@@ -118,6 +131,15 @@ class CollabRoom(YRoom):
         self._idle = asyncio.Event()
         self._idle.set()
         self._full_update: bytes | None = None
+        #: Batches taken from `_pending` so far, and how many of them are committed. What must
+        #: see only committed state, in order with the updates received before it (sync
+        #: replies, REST reads), waits in `_after_commit` for the batch it needs.
+        self._batches_taken = 0
+        self._batches_done = 0
+        self._after_commit: list[tuple[int, Callable[[], None]]] = []
+        #: Set when the document may hold edits that will never be committed: the room must be
+        #: reloaded from the store (`RoomManager.get_room` does it).
+        self.poisoned = False
         #: Set once every task of the room runs: only then may it be stopped.
         self.running = asyncio.Event()
         self._awareness_owners: dict[int, Connection] = {}
@@ -144,14 +166,17 @@ class CollabRoom(YRoom):
             self._work.clear()
             while self._pending:
                 batch, self._pending = self._pending, []
+                self._batches_taken += 1
                 try:
                     await self._flush(batch)
                 except Exception:
-                    # Nothing of the batch reached the document or the other clients; its
-                    # senders resync on reconnect and send their edits again.
-                    self.log.exception("a batch failed; closing its senders")
-                    for origin in {origin for _, origin in batch if origin is not None}:
-                        origin.close(CloseCode.INTERNAL_ERROR, "internal error: reconnect")
+                    # The batch may be in the document but not in the log, and nothing of it
+                    # was relayed: every client reconnects to the room reloaded from the store
+                    # and sends its edits again.
+                    self.log.exception("a batch failed; closing every client to reload")
+                    self.poisoned = True
+                    for client in list(self.clients):
+                        client.close(CloseCode.INTERNAL_ERROR, "internal error: reconnect")
             self._idle.set()
 
     def send_server_awareness(self, type: str, changes: tuple[dict[str, Any], Any]) -> None:
@@ -161,7 +186,7 @@ class CollabRoom(YRoom):
         connection = channel
         self.clients.add(connection)
         try:
-            connection.send_nowait(create_sync_message(self.ydoc))
+            self._when_committed(lambda: connection.send_nowait(create_sync_message(self.ydoc)))
             if self.awareness.states:
                 connection.send_nowait(self._awareness_message(list(self.awareness.states)))
             async for message in connection:
@@ -173,9 +198,7 @@ class CollabRoom(YRoom):
                     self._capacity.clear()
                     await self._capacity.wait()
         except ProtocolError as error:
-            self.log.info("closing a client that sent a bad frame: %s", error)
-            metrics.FRAMES_REJECTED.labels(error.reason).inc()
-            connection.close(error.close_code, str(error))
+            self._reject(connection, error)
         finally:
             self.clients.discard(connection)
             self._forget_awareness(connection)
@@ -189,7 +212,7 @@ class CollabRoom(YRoom):
         elif isinstance(frame, SyncStep1):
             if not connection.sync_requests.try_take():
                 raise RateLimited("too many sync requests")
-            connection.send_nowait(sync_step2_message(self._update_since(frame.state_vector)))
+            self._when_committed(lambda: self._answer_sync(connection, frame.state_vector))
         elif isinstance(frame, AwarenessUpdate):
             self._receive_awareness(connection, frame, message)
         elif isinstance(frame, QueryAwareness):
@@ -204,27 +227,50 @@ class CollabRoom(YRoom):
             if connection.uncommitted == 0:
                 connection.acknowledge(connection.updates_received)
             return
-        try:
-            # Decoding is not enough: yrs panics on some updates that decode (a zero-length
-            # item, say). A trial apply into an empty document catches those before commit.
-            get_state(update)
-            Doc().apply_update(update)
-        except BaseException as error:
-            if not is_update_error(error):
-                raise
-            raise ProtocolError("update does not decode") from None
-        metrics.UPDATES_RECEIVED.inc()
-        self.submit(update, connection)
+        self._submit(update, connection)
 
-    def submit(self, update: bytes, origin: Connection | None = None) -> None:
-        """Queue a validated update for commit, then relay to everyone but `origin`."""
+    def _submit(self, update: bytes, origin: Connection) -> None:
+        """Queue an update to be applied, committed, then relayed to everyone but `origin`."""
         if not self._pending:
             self._oldest_pending_at = time.perf_counter()
         self._pending.append((update, origin))
-        if origin is not None:
-            origin.uncommitted += 1
+        origin.uncommitted += 1
         self._idle.clear()
         self._work.set()
+
+    def _reject(self, connection: Connection, error: ProtocolError) -> None:
+        self.log.info("closing a client that sent a bad frame: %s", error)
+        metrics.FRAMES_REJECTED.labels(error.reason).inc()
+        connection.close(error.close_code, str(error))
+
+    def _when_committed(self, action: Callable[[], None]) -> None:
+        """Run `action` once every update received so far is committed (now, if it is), at a
+        moment the document holds only committed edits: right after that batch's commit."""
+        needed = self._batches_taken + (1 if self._pending else 0)
+        if needed == self._batches_done:
+            action()
+        else:
+            self._after_commit.append((needed, action))
+
+    async def read_committed(self, read: Callable[[Doc[Any]], T]) -> T:
+        """`read(ydoc)` at a moment the document holds only committed edits (waits for the
+        commit in flight; for as long as the database is down, so callers bound it)."""
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def run() -> None:
+            if not done.done():
+                done.set_result(read(self.ydoc))
+
+        self._when_committed(run)
+        return await done
+
+    def _answer_sync(self, connection: Connection, state_vector: bytes) -> None:
+        try:
+            update = self._update_since(state_vector)
+        except ProtocolError as error:
+            self._reject(connection, error)
+        else:
+            connection.send_nowait(sync_step2_message(update))
 
     def _update_since(self, state_vector: bytes) -> bytes:
         if state_vector == _EMPTY_STATE_VECTOR:
@@ -291,66 +337,63 @@ class CollabRoom(YRoom):
 
     # -- commit, apply, relay ---------------------------------------------------------------
 
-    async def _flush(self, batch: list[tuple[bytes, Connection | None]]) -> None:
+    async def _flush(self, batch: list[tuple[bytes, Connection]]) -> None:
         # Messages received before this cut are in the batch (or were empty).
-        received_at_cut: dict[Connection, int] = {}
-        for _, origin in batch:
-            if origin is not None:
-                received_at_cut[origin] = origin.updates_received
+        received_at_cut = {origin: origin.updates_received for _, origin in batch}
         received_at = self._oldest_pending_at
-        committing_at = time.perf_counter()
+        metrics.UPDATES_RECEIVED.inc(len(batch))
         try:
-            self.head = await self._commit([update for update, _ in batch])
+            applied = await self._integrate(batch)
+            if applied.accepted:
+                await self._commit([update for _, update in applied.accepted])
         except RoomNotFound:
             self.log.info("deleted while loaded; closing its clients")
+            self.poisoned = True
             for client in list(self.clients):
                 client.close(CloseCode.ROOM_NOT_FOUND, "room deleted")
             return
         finally:
             self._capacity.set()
             for _, origin in batch:
-                if origin is not None:
-                    origin.uncommitted -= 1
-        committed_at = time.perf_counter()
-        metrics.COMMIT_SECONDS.observe(committed_at - committing_at)
-        metrics.COMMIT_BATCH_UPDATES.observe(len(batch))
-        self._apply_and_relay(batch)
+                origin.uncommitted -= 1
+        if applied.integrated:
+            self._full_update = None
+            self._relay(applied.integrated)
+        self._run_after_commit()
         metrics.RELAY_LATENCY_SECONDS.observe(time.perf_counter() - received_at)
         for connection, count in received_at_cut.items():
             connection.acknowledge(
                 connection.updates_received if connection.uncommitted == 0 else count
             )
-        self.log_updates += len(batch)
-        self.log_bytes += sum(len(update) for update, _ in batch)
-        metrics.LOG_ROWS_PENDING.inc(len(batch))
         if self._compactor.due(self.log_updates, self.log_bytes):
             self._compactor.request(self.room_id, self._compacted)
 
-    def _compacted(self, stored: RoomRecord) -> None:
-        metrics.LOG_ROWS_PENDING.inc(stored.log_updates - self.log_updates)
-        self.log_updates, self.log_bytes = stored.log_updates, stored.log_bytes
+    async def _integrate(self, batch: list[tuple[bytes, Connection]]) -> Applied:
+        """Apply the batch to the document; the document is the validator.
 
-    async def _commit(self, updates: list[bytes]) -> int:
-        """Commit, retrying while the database is unavailable: nothing is relayed meanwhile."""
-        delay = 0.05
+        yrs rejects some updates only against the document they meet (an item whose parent is
+        a string, a zero-length item: a trial apply into an empty document finds them merely
+        pending). The sender of an update that fails is closed (4400) and nothing more of its
+        batch is applied. A failed apply may have integrated part of the update, and a panic
+        leaves the document unlike any replay of the log (found by
+        `test_fuzzed_updates_are_committed_whole_or_close_their_sender_with_4400`), so then the
+        document is reloaded from the store and only the accepted updates are applied again.
+        """
         while True:
-            try:
-                return await self._committer.append(self.room_id, updates)
-            except StoreUnavailable as error:
-                self.log.warning("commit failed (%s); retrying in %.2f s", error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._settings.commit_retry_max_seconds)
+            applied, failed = self._apply(batch)
+            if not failed:
+                return applied
+            self.log.warning("an update did not apply; reloading the document from the store")
+            self._replace_doc(await self._retrying("reload", self._reload_doc))
+            batch = [(update, origin) for origin, update in applied.accepted]
 
-    def _on_transaction(self, event: TransactionEvent) -> None:
-        self._transaction_updates.append(event.update)
-
-    def _apply_and_relay(self, batch: list[tuple[bytes, Connection | None]]) -> None:
-        by_origin: dict[Connection | None, list[bytes]] = {}
+    def _apply(self, batch: list[tuple[bytes, Connection]]) -> tuple[Applied, bool]:
+        """Apply the batch, one transaction per sender; and whether an update failed."""
+        by_origin: dict[Connection, list[bytes]] = {}
         for update, origin in batch:
             by_origin.setdefault(origin, []).append(update)
-        # One transaction per origin: the observed update of each is that origin's batch,
-        # merged by the CRDT itself.
-        merged: list[tuple[Connection | None, bytes]] = []
+        applied = Applied()
+        failed = False
         for origin, updates in by_origin.items():
             self._transaction_updates.clear()
             with self.ydoc.transaction():
@@ -360,34 +403,78 @@ class CollabRoom(YRoom):
                     except BaseException as error:
                         if not is_update_error(error):
                             raise
-                        self.log.exception("a committed update did not apply")
-            merged.extend((origin, u) for u in self._transaction_updates)
+                        self._reject(origin, ProtocolError("update does not apply"))
+                        failed = True
+                        break
+                    applied.accepted.append((origin, update))
+            applied.integrated.extend((origin, update) for update in self._transaction_updates)
         self._transaction_updates.clear()
-        self._full_update = None
-        self._relay(merged)
+        return applied, failed
 
-    def _relay(self, merged: list[tuple[Connection | None, bytes]]) -> None:
-        everyone = [u for _, u in merged]
-        message_for_all = self._update_message(everyone)
-        origins = {origin for origin, _ in merged}
+    def _replace_doc(self, doc: Doc[Any]) -> None:
+        if self._subscription is not None:
+            self.ydoc.unobserve(self._subscription)
+        self.ydoc = doc
+        self._subscription = doc.observe(self._on_transaction)
+        self._full_update = None
+
+    async def _commit(self, updates: list[bytes]) -> None:
+        """Append the accepted updates as received: the log replays to exactly the document.
+        (Neither the observed updates nor a merge of them would: yrs integrates structs that
+        skip clocks, which the observed update leaves out, and merging some forged updates
+        that each apply yields one that does not.)"""
+        committing_at = time.perf_counter()
+        self.head = await self._retrying(
+            "commit", lambda: self._committer.append(self.room_id, updates)
+        )
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - committing_at)
+        metrics.COMMIT_BATCH_UPDATES.observe(len(updates))
+        self.log_updates += len(updates)
+        self.log_bytes += sum(map(len, updates))
+        metrics.LOG_ROWS_PENDING.inc(len(updates))
+
+    def _run_after_commit(self) -> None:
+        self._batches_done = self._batches_taken
+        if not self._after_commit:
+            return
+        waiting, self._after_commit = self._after_commit, []
+        for needed, action in waiting:
+            if needed <= self._batches_done:
+                action()
+            else:
+                self._after_commit.append((needed, action))
+
+    def _compacted(self, stored: RoomRecord) -> None:
+        metrics.LOG_ROWS_PENDING.inc(stored.log_updates - self.log_updates)
+        self.log_updates, self.log_bytes = stored.log_updates, stored.log_bytes
+
+    async def _retrying(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run a store operation, retrying while the database is unavailable (nothing is
+        relayed meanwhile)."""
+        delay = 0.05
+        while True:
+            try:
+                return await operation()
+            except StoreUnavailable as error:
+                self.log.warning("%s failed (%s); retrying in %.2f s", what, error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.commit_retry_max_seconds)
+
+    def _on_transaction(self, event: TransactionEvent) -> None:
+        self._transaction_updates.append(event.update)
+
+    def _relay(self, integrated: list[tuple[Connection, bytes]]) -> None:
+        """Send what each sender's transaction integrated to every other client, each frame
+        encoded once. Not merged across senders: a merge of forged updates that each applied
+        can fail, after their commit."""
+        frames = [(origin, create_update_message(update)) for origin, update in integrated]
         sent = 0
         for client in self.clients:
-            if client not in origins:
-                message = message_for_all
-            else:
-                message = self._update_message([u for o, u in merged if o is not client])
-            if message is not None:
-                client.send_nowait(message)
-                sent += 1
+            for origin, frame in frames:
+                if origin is not client:
+                    client.send_nowait(frame)
+                    sent += 1
         metrics.UPDATES_RELAYED.inc(sent)
-
-    @staticmethod
-    def _update_message(updates: list[bytes]) -> bytes | None:
-        if not updates:
-            return None
-        # Few updates here (one per origin in the batch): merge_updates is cheap at this size.
-        update = updates[0] if len(updates) == 1 else merge_updates(*updates)
-        return create_update_message(update)
 
     async def drain(self) -> None:
         """Return once every update received so far is committed and relayed."""

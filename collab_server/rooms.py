@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import logging
 import weakref
+from functools import partial
+from typing import Any
 
 import anyio
+from pycrdt import Doc
 from pycrdt.websocket import WebsocketServer
 
-from crdt_store import GroupCommitter, Store, doc_from_state
+from crdt_store import GroupCommitter, RoomState, Store, doc_from_state
 
 from . import metrics
 from .closecodes import CloseCode
@@ -70,9 +73,11 @@ class RoomManager(WebsocketServer):
         """The loaded room, loading it from the store first if needed (raises RoomNotFound)."""
         async with self._lock(name):
             room = self.rooms.get(name)
+            if room is not None and room.poisoned:
+                await self._stop(room)
+                room = None
             if room is None:
-                state = await self._store.load_room_state(name)
-                doc = await anyio.to_thread.run_sync(doc_from_state, state)
+                state, doc = await self._load(name)
                 room = CollabRoom(
                     name,
                     ydoc=doc,
@@ -82,6 +87,7 @@ class RoomManager(WebsocketServer):
                     committer=self._committer,
                     compactor=self._compactor,
                     settings=self._settings,
+                    reload_doc=partial(self._reload_doc, name),
                 )
                 await self.start_room(room)
                 await room.running.wait()
@@ -89,6 +95,15 @@ class RoomManager(WebsocketServer):
                 metrics.ROOMS_LOADED.inc()
                 room.log.info("loaded (%d log rows after the snapshot)", len(state.updates))
             return room
+
+    async def _load(self, room_id: str) -> tuple[RoomState, Doc[Any]]:
+        state = await self._store.load_room_state(room_id)
+        return state, await anyio.to_thread.run_sync(doc_from_state, state)
+
+    async def _reload_doc(self, room_id: str) -> Doc[Any]:
+        """The room's committed document, rebuilt from the store."""
+        _, doc = await self._load(room_id)
+        return doc
 
     async def serve(self, websocket: Connection) -> None:  # type: ignore[override]
         """Serve one client until it leaves; unload the room if it was the last one."""

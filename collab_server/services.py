@@ -49,7 +49,7 @@ class Services:
         if not self.migrated.is_set():
             return False
         try:
-            await self.store.ping()
+            await self.store.ping(within=self.settings.readiness_timeout_seconds)
         except StoreUnavailable:
             return False
         return True
@@ -58,7 +58,11 @@ class Services:
         """The room's committed text: from memory when loaded, else rebuilt from the store."""
         room = self.rooms.loaded(room_id)
         if room is not None:
-            return text_of(room.ydoc)
+            try:
+                async with asyncio.timeout(self.settings.committed_read_seconds):
+                    return await room.read_committed(text_of)
+            except TimeoutError:
+                raise StoreUnavailable("the room's latest edits are not committed yet") from None
         state = await self.store.load_room_state(room_id)
         doc = await anyio.to_thread.run_sync(doc_from_state, state)
         return text_of(doc)
@@ -90,7 +94,11 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         logger.warning(
             "open mode: COLLAB_TOKEN_SECRET is not set, anyone who knows a room id can join it"
         )
-    store = Store.connect(settings.database_url, pool_size=settings.db_pool_size)
+    store = Store.connect(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        answer_timeout=settings.db_answer_timeout_seconds,
+    )
     compactor = Compactor(store, settings)
     try:
         async with (

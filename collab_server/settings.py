@@ -29,6 +29,22 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Interface `serve` binds to.")
     port: int = Field(8000, description="Port `serve` listens on.")
     db_pool_size: int = Field(10, description="PostgreSQL connections kept open per process.")
+    db_answer_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for one answer from PostgreSQL (a statement's result, a "
+        "batch of rows, a commit, a new connection); past it the connection is dropped and the "
+        "operation fails as unavailable (a commit is retried). A database that stops answering "
+        "(a network partition) closes nothing, so without it a commit waits forever. Per "
+        "answer, so a long operation that makes progress is never cut; the longest answer "
+        "measured, compaction's DELETE of a 260k-row log, took 0.14 s.",
+    )
+    readiness_timeout_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Longest wait of `/readyz` for the database; past it, 503. Orchestrators "
+        "count a probe that answers late (often after 1 s) as failed.",
+    )
 
     api_key: SecretStr | None = Field(
         None,
@@ -105,6 +121,12 @@ class Settings(BaseSettings):
         10.0,
         description="On shutdown, how long to keep retrying the commit of what clients sent "
         "before exiting anyway (the database is down); those clients resend on reconnect.",
+    )
+    committed_read_seconds: float = Field(
+        5.0,
+        description="How long a REST read of a loaded room (content, autocomplete) waits for "
+        "the commit in flight, so that it returns only committed text; past it: 503 (the "
+        "database is down).",
     )
     commit_retry_max_seconds: float = Field(
         5.0, description="Longest pause between retries of a failed commit (database down)."

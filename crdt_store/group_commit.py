@@ -1,7 +1,7 @@
 """Group commit: every append that arrives while a commit is in flight joins the next one.
 
 Durability costs one transaction (one fsync) per batch instead of one per keystroke, whatever
-the number of rooms and writers; the batch for all rooms is one multi-row INSERT.
+the number of rooms and writers; on PostgreSQL the batch for all rooms is one statement.
 """
 
 from __future__ import annotations

@@ -8,19 +8,31 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-from .urls import is_postgresql, sync_url
+from .urls import is_postgresql, sync_url, tcp_parameters
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Any fixed number: several processes starting at once take turns on this lock, so exactly one
 # of them runs each migration.
 _MIGRATION_LOCK_KEY = 7_312_004_711
+#: Seconds a migration's connection may wait for an unreachable database: libpq's connect
+#: timeout, and keepalives that fail a connection lost in a partition (else the migration
+#: thread hangs and `/readyz` stays 503 after the network is back).
+_MIGRATION_NETWORK_TIMEOUT = 10
 
 
 def upgrade_database(url: str) -> None:
     """Bring the database at `url` to the newest schema (idempotent; blocking)."""
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
-    engine = create_engine(sync_url(url))
+    network = (
+        {
+            "connect_timeout": _MIGRATION_NETWORK_TIMEOUT,
+            **tcp_parameters(_MIGRATION_NETWORK_TIMEOUT),
+        }
+        if is_postgresql(url)
+        else {}
+    )
+    engine = create_engine(sync_url(url), connect_args=network)
     try:
         with engine.begin() as connection:
             if is_postgresql(url):

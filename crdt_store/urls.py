@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from sqlalchemy.engine import URL, make_url
 
 _ASYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+aiosqlite"}
@@ -38,3 +40,17 @@ def is_postgresql(raw: str) -> bool:
 def redact(raw: str) -> str:
     """The URL with its password hidden, for logs and error messages."""
     return make_url(raw).render_as_string(hide_password=True)
+
+
+def tcp_parameters(answer_timeout: float) -> dict[str, int]:
+    """libpq parameters that let the kernel find a dead peer on a real network: keepalive probes
+    on an idle pooled connection, and a bound on unacknowledged data (`tcp_user_timeout`), so a
+    connection lost in a partition fails on its next use instead of at its answer timeout."""
+    seconds = max(1, math.ceil(answer_timeout))
+    return {
+        "keepalives": 1,
+        "keepalives_idle": seconds,
+        "keepalives_interval": max(1, math.ceil(answer_timeout / 3)),
+        "keepalives_count": 3,
+        "tcp_user_timeout": seconds * 1000,
+    }

@@ -35,6 +35,7 @@ from pycrdt import (
     YMessageType,
     YSyncMessageType,
     create_update_message,
+    merge_updates,
     write_message,
     write_var_uint,
 )
@@ -179,12 +180,18 @@ ZERO_LENGTH_ITEM = item_update(SEED_CLIENT, len(SEED_TEXT))
 #: deleted or shared ref type" against the seeded text: an item whose parent is a string item.
 CHILD_OF_A_STRING_ITEM = item_update(2, 0, parent=(SEED_CLIENT, 0), content="x")
 
-VALIDATION_GAP = (
-    "room.py `_receive_update` checks updates with `get_state` and a trial apply into an EMPTY "
-    "document, where both forged updates are merely pending: CHILD_OF_A_STRING_ITEM (raises) and "
-    "ZERO_LENGTH_ITEM (pyo3 panic) fail only against the room's document, after the commit, so "
-    "they are committed and never applied, and their sender is not closed"
-)
+
+def insertion_after_seed(characters: str) -> bytes:
+    doc: Doc[Any] = Doc(client_id=WRITER_CLIENT)
+    doc.apply_update(seed_update())
+    state = doc.get_state()
+    doc.get("code", type=Text).insert(0, characters)
+    return doc.get_update(state)
+
+
+#: A valid insertion and CHILD_OF_A_STRING_ITEM in one update: yrs integrates the insertion into
+#: the room's document, then raises; the room must keep nothing of it.
+HALF_FORGED = merge_updates(insertion_after_seed("A"), CHILD_OF_A_STRING_ITEM)
 
 # -- strategies -------------------------------------------------------------------------------
 
@@ -445,13 +452,13 @@ async def assert_room_still_serves(loaded: LoadedRoom) -> None:
     assert text_of(stored) == text_of(room.ydoc)
 
 
-@pytest.mark.xfail(strict=True, reason=VALIDATION_GAP)
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(frames=st.lists(fuzzed_update_frames, min_size=1, max_size=3))
 @example(frames=[create_update_message(CHILD_OF_A_STRING_ITEM)])
 @example(frames=[create_update_message(ZERO_LENGTH_ITEM)])
+@example(frames=[create_update_message(HALF_FORGED)])
 async def test_fuzzed_updates_are_committed_whole_or_close_their_sender_with_4400(
     sqlite_url: str, frames: list[bytes]
 ) -> None:
@@ -715,7 +722,6 @@ MALFORMED_FRAMES = [
         ),
         4400,
         "update-that-decodes-but-never-applies",
-        VALIDATION_GAP,
     ),
     bad(lambda _: awareness_frame((7, 1, b'{"x":NaN}')), 4400, "awareness-nan"),
     bad(
@@ -756,9 +762,7 @@ def own_server(sqlite_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.mark.node
-@pytest.mark.xfail(strict=True, reason=VALIDATION_GAP)
 async def test_a_zero_length_item_closes_only_its_sender(own_server: ServerProcess) -> None:
-    # Today every room of the process is closed with 1012, joins hang, and /readyz stays 200.
     await assert_only_the_sender_is_closed(
         own_server,
         lambda author: create_update_message(item_update(author.client_id, author.next_clock)),

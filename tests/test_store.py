@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
 import anyio
 import pytest
 from pycrdt import Doc, Text
@@ -16,6 +19,7 @@ from crdt_store import (
     text_of,
     text_update,
 )
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -172,5 +176,110 @@ async def test_unreachable_database_raises_store_unavailable() -> None:
     try:
         with pytest.raises(StoreUnavailable):
             await store.ping()
+    finally:
+        await store.close()
+
+
+# -- a database that stops answering (a network partition: nothing closed, nothing arrives) ---
+
+
+@pytest.fixture
+def database_proxy(postgres_url: str) -> Iterator[TcpProxy]:
+    with TcpProxy.in_front_of(postgres_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def store_behind_proxy(
+    postgres_url: str, database_proxy: TcpProxy
+) -> AsyncIterator[Callable[[float], Store]]:
+    """Connect stores, with the answer timeout given, to a database reached through the proxy."""
+    stores: list[Store] = []
+
+    def connect(answer_timeout: float) -> Store:
+        stores.append(
+            Store.connect(database_proxy.url_for(postgres_url), answer_timeout=answer_timeout)
+        )
+        return stores[-1]
+
+    yield connect
+    for store in stores:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_a_commit_the_database_never_answers_fails_without_stalling_the_event_loop(
+    store_behind_proxy: Callable[[float], Store], database_proxy: TcpProxy
+) -> None:
+    """The pooled connection's pre-ping, then a new connection, each wait one answer timeout;
+    giving up must not block the loop (a cancel request would connect to the lost server)."""
+    store = store_behind_proxy(1.0)
+    room = await store.create_room(name="r", language="plaintext")
+    database_proxy.partition()
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while True:
+            await anyio.sleep(0.01)
+            gaps.append(time.perf_counter() - last)
+            last = time.perf_counter()
+
+    with anyio.fail_after(10):
+        async with GroupCommitter(store) as committer, anyio.create_task_group() as ticking:
+            ticking.start_soon(tick)
+            with pytest.raises(StoreUnavailable, match="in time"):
+                await committer.append(room.id, [text_update("x")])
+            ticking.cancel_scope.cancel()
+    assert max(gaps) < 0.5
+
+
+@pytest.mark.postgres
+async def test_the_store_serves_at_once_when_a_partition_heals(
+    store_behind_proxy: Callable[[float], Store], database_proxy: TcpProxy
+) -> None:
+    """Connections lost in the partition stay dead (as after a failover): none of them, the
+    timed-out one or the idle one beside it, may be used again."""
+    store = store_behind_proxy(2.0)
+    room = await store.create_room(name="r", language="plaintext")
+    async with anyio.create_task_group() as tg:  # two connections in the pool
+        for char in "ab":
+            tg.start_soon(store.append_updates, room.id, [text_update(char)])
+    database_proxy.partition()
+    with anyio.fail_after(15), pytest.raises(StoreUnavailable):
+        await store.append_updates(room.id, [text_update("c")])
+    database_proxy.restore()
+    with anyio.fail_after(1.5):  # less than an answer timeout: no wait on a dead connection
+        await store.append_updates(room.id, [text_update("d")])
+    assert sorted(await loaded_text(store, room.id)) == ["a", "b", "d"]
+
+
+@pytest.mark.postgres
+async def test_a_ping_gives_up_within_its_limit_while_the_database_does_not_answer(
+    store_behind_proxy: Callable[[float], Store], database_proxy: TcpProxy
+) -> None:
+    """The limit covers the whole ping, the pooled connection's pre-ping and a new connection
+    included, however long the answer timeout."""
+    store = store_behind_proxy(30.0)
+    await store.ping()
+    database_proxy.partition()
+    for _ in range(2):  # the first ping finds the pooled connection, the second connects anew
+        started = time.perf_counter()
+        with anyio.fail_after(5), pytest.raises(StoreUnavailable):
+            await store.ping(within=0.5)
+        assert time.perf_counter() - started < 1.5
+
+
+@pytest.mark.postgres
+async def test_a_store_whose_connections_are_all_busy_raises_store_unavailable(
+    postgres_url: str,
+) -> None:
+    """Waiting longer than an answer timeout for a free connection means the database is not
+    answering (every connection is stuck on it): the same `StoreUnavailable`."""
+    store = Store.connect(postgres_url, pool_size=1, answer_timeout=0.5)
+    try:
+        async with store.engine.connect(), store.engine.connect():  # the pool and its overflow
+            with anyio.fail_after(5), pytest.raises(StoreUnavailable, match="no database"):
+                await store.ping()
     finally:
         await store.close()

@@ -142,7 +142,7 @@ async def test_malformed_frame_closes_only_its_sender(live_server: ServerProcess
         await b.wait_synced()
         async with connect(f"{live_server.ws_url}/{room_id}") as attacker:
             await attacker.send(create_update_message(b"\x05garbage-update"))
-            assert await expect_close(attacker) == (4400, "update does not decode")
+            assert await expect_close(attacker) == (4400, "update does not apply")
         await a.insert(0, "still ")
         await b.wait_text("still kept")
         assert a.events[-1].get("event") != "close"

@@ -3,8 +3,8 @@
 The shared PostgreSQL server must never be stopped (other tests use it), so an outage is
 simulated on the path instead: the server is pointed at the proxy and the test cuts it.
 
-    with TcpProxy("127.0.0.1", 5432) as proxy:
-        url = f"postgresql://postgres@127.0.0.1:{proxy.port}/db"
+    with TcpProxy.in_front_of(database_url) as proxy:
+        url = proxy.url_for(database_url)   # the same database, reached through the proxy
         proxy.cut()       # like a database restart that does not come back
         proxy.restore()   # it is back
 
@@ -28,6 +28,8 @@ import threading
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any, Literal, TypeVar
+
+from sqlalchemy.engine import make_url
 
 T = TypeVar("T")
 
@@ -58,6 +60,17 @@ class TcpProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
+
+    @classmethod
+    def in_front_of(cls, database_url: str) -> TcpProxy:
+        """A proxy to the server of `database_url` (a PostgreSQL URL)."""
+        target = make_url(database_url)
+        return cls(target.host or "127.0.0.1", target.port or 5432)
+
+    def url_for(self, database_url: str) -> str:
+        """`database_url` with its host and port replaced by the proxy's."""
+        proxied = make_url(database_url).set(host="127.0.0.1", port=self.port)
+        return proxied.render_as_string(hide_password=False)
 
     def start(self) -> None:
         self._thread.start()

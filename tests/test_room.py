@@ -1,0 +1,126 @@
+"""A room's update path: apply (the document validates), commit, relay, and what waits for the
+commit. Real rooms on a real SQLite store, driven through in-memory sockets."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
+
+import anyio
+import pytest
+from pycrdt import Doc, YMessageType, YSyncMessageType, create_update_message, write_message
+from sqlalchemy import insert
+
+from collab_server.closecodes import CloseCode
+from collab_server.protocol import read_var_bytes
+from collab_server.settings import Settings
+from crdt_store import text_of, text_update
+from crdt_store.schema import room_updates
+from tests.support.memory_socket import MemoryWebSocket, memory_connection
+from tests.test_store import loaded_text
+from tests.test_upstream_defects import running_manager, serving
+
+pytestmark = pytest.mark.anyio
+
+SYNC_REQUEST = bytes([YMessageType.SYNC, YSyncMessageType.SYNC_STEP1]) + write_message(b"\x00")
+SYNC_REPLY = bytes([YMessageType.SYNC, YSyncMessageType.SYNC_STEP2])
+
+
+@pytest.fixture
+def settings(sqlite_url: str) -> Settings:
+    return Settings(database_url=sqlite_url)
+
+
+def sync_replies(socket: MemoryWebSocket) -> list[str]:
+    """The text of each sync step 2 the room sent to `socket`."""
+    texts = []
+    for message in socket.sent:
+        if message.startswith(SYNC_REPLY):
+            doc: Doc[object] = Doc()
+            doc.apply_update(read_var_bytes(message, len(SYNC_REPLY))[0])
+            texts.append(text_of(doc))
+    return texts
+
+
+async def first_sync_reply(socket: MemoryWebSocket) -> str:
+    with anyio.fail_after(10):
+        while not (replies := sync_replies(socket)):
+            await anyio.sleep(0.01)
+    return replies[0]
+
+
+@contextmanager
+def database_write_locked(sqlite_url: str) -> Iterator[sqlite3.Connection]:
+    """Hold SQLite's write lock from another connection: the room's commits wait for it (up to
+    the store's busy timeout) until `rollback()`."""
+    with closing(sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))) as lock:
+        lock.isolation_level = None
+        lock.execute("BEGIN IMMEDIATE")
+        yield lock
+
+
+async def test_a_sync_request_is_answered_after_the_updates_its_sender_sent_before_it(
+    settings: Settings,
+) -> None:
+    async with running_manager(settings) as (manager, store):
+        record = await store.create_room(name="r", language="plaintext")
+        room = await manager.get_room(record.id)
+        client, socket = memory_connection(record.id)
+        async with serving(room, client):
+            socket.feed(create_update_message(text_update("typed")), SYNC_REQUEST)
+            assert await first_sync_reply(socket) == "typed"
+
+
+async def test_a_joiner_is_answered_only_once_the_edits_in_the_document_are_committed(
+    settings: Settings, sqlite_url: str
+) -> None:
+    async with running_manager(settings) as (manager, store):
+        record = await store.create_room(name="r", language="plaintext")
+        room = await manager.get_room(record.id)
+        writer, writer_socket = memory_connection(record.id)
+        joiner, joiner_socket = memory_connection(record.id)
+        with database_write_locked(sqlite_url) as lock:
+            async with serving(room, writer):
+                writer_socket.feed(create_update_message(text_update("typed")))
+                with anyio.fail_after(5):
+                    while text_of(room.ydoc) != "typed":
+                        await anyio.sleep(0.01)
+                async with serving(room, joiner):
+                    joiner_socket.feed(SYNC_REQUEST)
+                    await anyio.sleep(0.5)
+                    assert joiner_socket.sent == [], "nothing is sent while the edit is uncommitted"
+                    lock.rollback()
+                    assert await first_sync_reply(joiner_socket) == "typed"
+        assert await loaded_text(store, record.id) == "typed"
+
+
+async def test_a_commit_that_fails_unexpectedly_closes_every_client_and_the_room_reloads(
+    settings: Settings,
+) -> None:
+    async with running_manager(settings) as (manager, store):
+        record = await store.create_room(name="r", language="plaintext")
+        await store.append_updates(record.id, [text_update("kept")])
+        room = await manager.get_room(record.id)
+        writer, writer_socket = memory_connection(record.id)
+        observer, observer_socket = memory_connection(record.id)
+        # A row the store did not hand out holds the next sequence number: the room's next
+        # commit fails with an integrity error, not with the database being unavailable.
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                insert(room_updates).values(
+                    room_id=record.id, seq=2, data=text_update("row"), created_at=datetime.now(UTC)
+                )
+            )
+        async with serving(room, writer), serving(room, observer):
+            writer_socket.feed(create_update_message(text_update("lost")))
+            with anyio.fail_after(5):
+                while writer_socket.close_code is None or observer_socket.close_code is None:
+                    await anyio.sleep(0.01)
+        assert writer_socket.close_code == observer_socket.close_code == CloseCode.INTERNAL_ERROR
+        assert "lost" in text_of(room.ydoc)
+        reloaded = await manager.get_room(record.id)
+        assert reloaded is not room
+        assert text_of(reloaded.ydoc) == await loaded_text(store, record.id)
+        assert "lost" not in text_of(reloaded.ydoc)
