@@ -5,12 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test install web node-deps lint bench-smoke
+.PHONY: serve test install web node-deps bench-deps lint bench-smoke bench
 
 serve: install web
 	$(BIN)/collab-server serve
 
-test: install web node-deps
+test: install web node-deps bench-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 install: $(VENV)/.installed
@@ -31,6 +31,12 @@ node-deps: tests/node/node_modules/.package-lock.json
 tests/node/node_modules/.package-lock.json: tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund
 
+# The peer servers and Node clients of bench/suite.py (the smoke test runs them too).
+bench-deps: bench/peers/node_modules/.package-lock.json
+
+bench/peers/node_modules/.package-lock.json: bench/peers/package-lock.json
+	cd bench/peers && npm ci --no-audit --no-fund
+
 LINTED := collab_server crdt_store tests $(wildcard bench)
 
 lint: install
@@ -40,3 +46,7 @@ lint: install
 
 bench-smoke: install
 	$(BIN)/python -m bench.compaction --smoke
+
+# The side-by-side suite (several minutes; writes the Servers section of docs/benchmarks.md).
+bench: install bench-deps
+	$(BIN)/python -m bench.suite

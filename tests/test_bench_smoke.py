@@ -1,4 +1,4 @@
-"""The compaction benchmark still runs end to end (its `--smoke` size: seconds, on SQLite).
+"""The benchmarks still run end to end (their `--smoke` sizes: seconds, ours on SQLite).
 
 Benchmarks measure speed; this test only keeps them working: no timing is asserted.
 """
@@ -30,5 +30,34 @@ def test_compaction_benchmark_smoke_run_matches_the_text_and_writes_no_docs() ->
     assert "text matched:" in run.stdout
     assert "MISMATCH" not in run.stdout
     assert "| cold join, connect → synced" in run.stdout
+    assert "updated docs/benchmarks.md" not in run.stdout
+    assert _doc_text() == doc_before
+
+
+def test_server_suite_smoke_run_converges_everywhere_and_writes_no_docs() -> None:
+    """Every server of `bench.suite` runs every scenario (small sizes) and every room converges;
+    `make bench-deps` installs the Node peers it starts."""
+    doc_before = _doc_text()
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.suite", "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    for heading in ("Trace replay", "Fan-out", "Join storm", "Cold open", "Idle capacity"):
+        assert f"### {heading}" in run.stdout, heading
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| ")]
+    for server in (
+        "collab-server (SQLite)",
+        "@y/websocket-server",
+        "pycrdt-websocket",
+        "Hocuspocus",
+    ):
+        assert sum(server in row for row in rows) >= 5, server  # in every scenario's table
+    # every replay run converged, every fan-out room, every storm client, every cold open text
+    assert "**no**" not in run.stdout
+    assert "n/a" not in run.stdout.split("### Trace replay")[1].split("### Fan-out")[0]
     assert "updated docs/benchmarks.md" not in run.stdout
     assert _doc_text() == doc_before

@@ -1,0 +1,900 @@
+"""Our server side by side with the servers users would pick instead (issue #7), on one machine
+in one run: the reference y-websocket server (`@y/websocket-server`, in memory), Hocuspocus,
+and plain pycrdt-websocket, every one started by the suite on loopback.
+
+    .venv/bin/python -m bench.suite                      # everything; writes docs/benchmarks.md
+    .venv/bin/python -m bench.suite --smoke              # seconds, SQLite for ours, no docs
+    .venv/bin/python -m bench.suite --only replay --servers ours,reference
+
+Scenarios (each reports ratios to the reference server measured in the same run):
+
+- replay: one writer replays the automerge-paper trace as fast as it can, one and five
+  observers, the writer at most 10k edits ahead of the slowest observer or unthrottled;
+  time until every observer holds the final text, server CPU, peak memory.
+- fanout: R rooms of C clients typing at human speed at random positions; relay latency from
+  the keystroke to the other clients' documents; every room converges at the end.
+- join: 100 clients join a room holding the automerge-paper document at once.
+- cold: ours loads a room from the database for its first client, before and after
+  compaction; the in-memory peers can only offer a room they still hold.
+- idle: memory per loaded room and per idle connection.
+
+The clients are Node processes (`bench/peers/clients.mjs`): the stock y-websocket provider for
+every server speaking its protocol, HocuspocusProvider for Hocuspocus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, ExitStack
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from bench.client import join, wait_until_loaded
+from bench.common import DEFAULT_POSTGRES_URL, environment, median, ratio, update_docs_section
+from bench.compaction import CREDITS, LICENCE, SERVER_ENV, duration
+from bench.harness import Role, Workload, build_workload, client_config, read_updates
+from bench.servers import NODE_PACKAGES, REFERENCE, SERVERS, BenchServer, node_versions, start
+from crdt_store import Store, compact_room
+from tests.support.traces import TRACES
+
+TRACE = "automerge-paper"
+SCENARIOS = ("replay", "fanout", "join", "cold", "idle")
+#: Updates per `Store.append_updates` call when the cold-open room's log is written.
+INGEST_BATCH = 1000
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ReplayVariant:
+    observers: int
+    #: The writer at most `Sizes.max_lead` edits ahead of the slowest observer, or free.
+    throttled: bool
+    #: Only the first `edits` of the workload's trace (None: all of it).
+    edits: int | None = None
+    #: The servers that run it (None: every one of the run).
+    servers: frozenset[str] | None = None
+
+    def describe(self, max_lead: int) -> str:
+        lead = f"at most {max_lead:,} edits ahead" if self.throttled else "unthrottled"
+        observers = f"{self.observers} observer{'s' if self.observers > 1 else ''}"
+        part = f", first {self.edits:,} edits" if self.edits else ""
+        return f"{observers}, writer {lead}{part}"
+
+
+#: The whole trace for ours and the reference (what the targets compare); the slower peers
+#: replay the first 50,000 edits, beside both again: a full run stays within minutes.
+_CORE = frozenset({"ours", "reference"})
+FULL_REPLAY = (
+    ReplayVariant(1, True, servers=_CORE),
+    ReplayVariant(1, False, servers=_CORE),
+    ReplayVariant(5, True, servers=_CORE),
+    ReplayVariant(5, False, servers=_CORE),
+    ReplayVariant(1, True, edits=50_000),
+    ReplayVariant(5, False, edits=50_000),
+)
+SMOKE_REPLAY = (ReplayVariant(1, True), ReplayVariant(2, False))
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each scenario runs: the full suite, or the smoke version CI runs."""
+
+    trace_limit: int | None
+    replay: tuple[ReplayVariant, ...]
+    max_lead: int
+    #: (rooms, clients per room)
+    fanout: tuple[tuple[int, int], ...]
+    fanout_seconds: float
+    #: keystrokes per second of each typist, drawn between these
+    typing_rate: tuple[float, float]
+    storm: int
+    cold_repeats: int
+    idle_rooms: int
+    idle_connections: int
+    timeout: float
+    #: A fresh server for each scenario (memory figures of their own), or one for all.
+    fresh: bool = True
+    #: Quiet before reading a server's resident memory.
+    settle: float = 1.0
+
+
+FULL = Sizes(None, FULL_REPLAY, 10_000, ((20, 5), (100, 5)), 10, (5, 10), 100, 5, 100, 500, 300)
+SMOKE = Sizes(2_000, SMOKE_REPLAY, 300, ((2, 2),), 2, (5, 10), 5, 1, 3, 5, 60, False, 0.2)
+
+
+# -- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cost:
+    cpu: float
+    database_cpu: float
+    peak: int
+
+
+@dataclass(frozen=True)
+class Replay:
+    converged: bool
+    seconds: float
+    edits: int
+    cost: Cost
+    #: How often the writer waited for the observers (the throttle engaged).
+    waits: int
+
+
+@dataclass(frozen=True)
+class Fanout:
+    rooms: int
+    converged: int
+    keystrokes: int
+    latencies: list[float]
+    #: From the last keystroke until every room held the same text.
+    settle_seconds: float
+    cost: Cost
+
+
+@dataclass(frozen=True)
+class Storm:
+    complete: int
+    count: int
+    seconds: float
+    median_seconds: float
+    cost: Cost
+
+
+@dataclass(frozen=True)
+class ColdOpen:
+    #: Connect to synced, room not loaded (ours) or held in memory (the peers).
+    before: list[float]
+    after: list[float]
+    matched: bool
+
+
+@dataclass(frozen=True)
+class Idle:
+    per_room: float
+    per_connection: float
+    baseline: int
+
+
+@dataclass
+class Results:
+    sizes: Sizes
+    servers: list[str]
+    replay: dict[ReplayVariant, dict[str, Replay]] = field(default_factory=dict)
+    fanout: dict[tuple[int, int], dict[str, Fanout]] = field(default_factory=dict)
+    storm: dict[str, Storm] = field(default_factory=dict)
+    cold: dict[str, ColdOpen] = field(default_factory=dict)
+    idle: dict[str, Idle] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# -- scenarios ------------------------------------------------------------------------------
+
+
+class Measure:
+    """Server cost over a block: CPU (and its database's) and the peak memory meanwhile."""
+
+    def __init__(self, server: BenchServer) -> None:
+        self.server = server
+        server.reset_peak()
+        self._before = server.usage()
+
+    def cost(self) -> Cost:
+        spent = self.server.usage() - self._before
+        return Cost(spent.cpu, spent.database_cpu, spent.peak)
+
+
+async def replay(
+    server: BenchServer, work: Workload, sizes: Sizes, variant: ReplayVariant
+) -> Replay:
+    """One writer replays the trace; `variant.observers` clients wait for its final text."""
+    observers, throttled = variant.observers, variant.throttled
+    room = await server.room(f"replay-{observers}-{throttled}-{variant.edits}")
+    timeout = sizes.timeout
+    base = {
+        "trace": str(work.trace),
+        "limit": variant.edits,
+        "room": room,
+        "timeoutMs": timeout * 1e3,
+    }
+    async with AsyncExitStack() as stack:
+        # One at a time: an empty room's first joins race on pycrdt-websocket (see joinRooms).
+        watchers = []
+        for _ in range(observers):
+            config = client_config(server, "observer", **base)
+            watchers.append(await stack.enter_async_context(Role.spawn(config)))
+            await watchers[-1].event("ready", timeout)
+        lead = sizes.max_lead if throttled else None
+        writer = await stack.enter_async_context(
+            Role.spawn(client_config(server, "writer", maxLead=lead, **base))
+        )
+        await writer.event("ready", timeout)
+        clocks = [0] * observers
+
+        def relay(index: int) -> Callable[[dict[str, Any]], None]:
+            def progress(event: dict[str, Any]) -> None:
+                clocks[index] = event["clock"]
+                writer.command("observed", clock=min(clocks))
+
+            return progress
+
+        for index, watcher in enumerate(watchers):
+            watcher.on_progress = relay(index)
+        measure = Measure(server)
+        writer.command("start")
+        wrote, *seen = await asyncio.gather(
+            writer.event("done", timeout), *(w.event("done", timeout) for w in watchers)
+        )
+        cost = measure.cost()
+    done = [event["doneAt"] for event in seen]
+    converged = all(at is not None for at in done)
+    seconds = (max(done) - wrote["startedAt"]) / 1e3 if converged else float("nan")
+    return Replay(converged, seconds, wrote["edits"], cost, wrote["waits"])
+
+
+async def fanout(
+    server: BenchServer, sizes: Sizes, rooms: int, clients: int, seed: int = 7
+) -> Fanout:
+    """`rooms` x `clients` typists; latency from each keystroke to each other client's doc."""
+    ids = [await server.room(f"fanout-{rooms}x{clients}-{i}") for i in range(rooms)]
+    # Two client processes for many rooms: a room's clients share one, so keystroke and
+    # arrival times come from one clock.
+    groups = [ids[i::2] for i in range(2)] if rooms >= 10 else [ids]
+    low, high = sizes.typing_rate
+    config = {
+        "clientsPerRoom": clients,
+        "seconds": sizes.fanout_seconds,
+        "minRate": low,
+        "maxRate": high,
+        "maxKeystrokes": int(sizes.fanout_seconds * high * 2) + 16,
+        "timeoutMs": sizes.timeout * 1e3,
+    }
+    async with AsyncExitStack() as stack:
+        roles = [
+            await stack.enter_async_context(
+                Role.spawn(client_config(server, "typists", rooms=group, seed=seed + i, **config))
+            )
+            for i, group in enumerate(groups)
+        ]
+        for role in roles:
+            await role.event("ready", sizes.timeout)
+        measure = Measure(server)
+        for role in roles:
+            role.command("start")
+        wait = sizes.fanout_seconds + sizes.timeout
+        done = await asyncio.gather(*(role.event("done", wait) for role in roles))
+        cost = measure.cost()
+    return Fanout(
+        rooms=rooms,
+        converged=sum(d["converged"] for d in done),
+        keystrokes=sum(d["keystrokes"] for d in done),
+        latencies=sorted(ms for d in done for ms in d["latencies"]),
+        settle_seconds=(max(d["convergedAt"] for d in done) - max(d["typedAt"] for d in done))
+        / 1e3,
+        cost=cost,
+    )
+
+
+async def seeded(
+    stack: AsyncExitStack, server: BenchServer, work: Workload, name: str, within: float
+) -> str:
+    """A room holding the trace's final document (one update), kept loaded by its seeder."""
+    room = await server.room(name)
+    seeder = await stack.enter_async_context(
+        Role.spawn(
+            client_config(
+                server, "seed", room=room, document=str(work.document), timeoutMs=within * 1e3
+            )
+        )
+    )
+    await seeder.event("ready", within)
+    return room
+
+
+async def storm(server: BenchServer, work: Workload, sizes: Sizes) -> Storm:
+    """`sizes.storm` clients join the room holding the document, all at once."""
+    timeout = sizes.timeout
+    async with AsyncExitStack() as stack:
+        room = await seeded(stack, server, work, "storm", timeout)
+        halves = [sizes.storm - sizes.storm // 2, sizes.storm // 2]
+        roles = [
+            await stack.enter_async_context(
+                Role.spawn(
+                    client_config(
+                        server,
+                        "storm",
+                        room=room,
+                        count=count,
+                        expectedLength=len(work.text),
+                        timeoutMs=timeout * 1e3,
+                    )
+                )
+            )
+            for count in halves
+            if count
+        ]
+        for role in roles:
+            await role.event("ready", timeout)
+        measure = Measure(server)
+        for role in roles:
+            role.command("start")
+        done = await asyncio.gather(*(role.event("done", timeout) for role in roles))
+        cost = measure.cost()
+    started = min(d["startedAt"] for d in done)
+    synced = [(at - started) / 1e3 for d in done for at in d["syncedAt"]]
+    return Storm(sum(d["complete"] for d in done), sizes.storm, max(synced), median(synced), cost)
+
+
+async def first_joins(
+    server: BenchServer, room: str, repeats: int, expected: str, *, cold: bool
+) -> tuple[list[float], bool]:
+    """Connect → synced of a fresh client (`bench.client.join`), `repeats` times; cold: each
+    after the server unloaded the room."""
+    seconds, matched = [], True
+    for _ in range(repeats):
+        if cold:
+            assert server.http_url is not None
+            await wait_until_loaded(server.http_url, 0)
+        joined = await join(server.url, room)
+        seconds.append(joined.seconds)
+        matched = matched and joined.text() == expected
+    return seconds, matched
+
+
+async def cold_open(server: BenchServer, work: Workload, sizes: Sizes) -> ColdOpen:
+    """Ours: the session's log written to the database, cold joins; compacted, cold joins.
+    The in-memory peers: joins of a room they hold (the best they offer; gone on restart)."""
+    if server.database_url is None:
+        async with AsyncExitStack() as stack:
+            room = await seeded(stack, server, work, "cold", sizes.timeout)
+            before, matched = await first_joins(
+                server, room, sizes.cold_repeats, work.text, cold=False
+            )
+        return ColdOpen(before, [], matched)
+    store = Store.connect(server.database_url)
+    try:
+        room = await server.room("cold")
+        updates = read_updates(work.updates)
+        for offset in range(0, len(updates), INGEST_BATCH):
+            await store.append_updates(room, updates[offset : offset + INGEST_BATCH])
+        before, matched_before = await first_joins(
+            server, room, sizes.cold_repeats, work.text, cold=True
+        )
+        await wait_until_loaded(server.http_url, 0)
+        result = await compact_room(store, room)
+        if not result.compacted:
+            raise RuntimeError(f"the cold-open room was not compacted: {result.skipped}")
+        after, matched_after = await first_joins(
+            server, room, sizes.cold_repeats, work.text, cold=True
+        )
+    finally:
+        await store.close()
+    return ColdOpen(before, after, matched_before and matched_after)
+
+
+async def idle(server: BenchServer, sizes: Sizes) -> Idle:
+    """RSS growth for loaded rooms (one client, 1,000 characters each), then for idle
+    connections to one more room."""
+    timeout = sizes.timeout
+
+    def config(rooms: list[str], clients: int) -> dict[str, Any]:
+        return client_config(
+            server,
+            "idle",
+            rooms=rooms,
+            clientsPerRoom=clients,
+            textLength=1000,
+            timeoutMs=timeout * 1e3,
+        )
+
+    async def settled_rss() -> int:
+        await asyncio.sleep(sizes.settle)  # let the joins' buffers go
+        return server.usage().rss
+
+    rooms = [await server.room(f"idle-{i}") for i in range(sizes.idle_rooms)]
+    crowd = await server.room("idle-crowd")
+    baseline = await settled_rss()
+    async with Role.spawn(config(rooms, 1)) as loaded:
+        await loaded.event("ready", timeout)
+        with_rooms = await settled_rss()
+        async with Role.spawn(config([crowd], sizes.idle_connections)) as connections:
+            await connections.event("ready", timeout)
+            with_connections = await settled_rss()
+    return Idle(
+        (with_rooms - baseline) / sizes.idle_rooms,
+        (with_connections - with_rooms) / sizes.idle_connections,
+        baseline,
+    )
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+async def attempt(results: Results, what: str, run: Awaitable[Any]) -> Any:
+    """Run one measurement; a failure is recorded and reported, the suite goes on."""
+    try:
+        return await run
+    except Exception as error:  # any failure of a run is a result to report
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        results.failures.append(f"{what}: {type(error).__name__}: {first_line}")
+        print(f"FAILED {what}: {error}", file=sys.stderr)
+        return None
+
+
+async def run(options: argparse.Namespace) -> tuple[Results, Workload]:
+    sizes: Sizes = options.sizes
+    results = Results(sizes, options.servers)
+    started = time.perf_counter()
+    kept: dict[tuple[str, bool], BenchServer] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-suite-") as directory, ExitStack() as stack:
+        trace = TRACES / f"{TRACE}.json.gz"
+        work = await build_workload(trace, sizes.trace_limit, Path(directory))
+        for scenario in options.only:
+            for name in options.servers:
+                if scenario == "cold" and name == "hocuspocus":
+                    continue  # bench.client speaks y-websocket only; see cold_section
+                elapsed = time.perf_counter() - started
+                print(f"{elapsed:6.1f} s  {scenario}: {name}", file=sys.stderr)
+                # Cold opens need a server that compacts only when told to.
+                quiet = scenario == "cold" and SERVERS[name].database is not None
+                starting = start(
+                    name, postgres_url=options.database_url, env=SERVER_ENV if quiet else None
+                )
+                if sizes.fresh:  # one server process for this scenario alone
+                    with starting as server:
+                        await run_scenario(scenario, server, work, results)
+                    continue
+                if (name, quiet) not in kept:
+                    kept[name, quiet] = stack.enter_context(starting)
+                await run_scenario(scenario, kept[name, quiet], work, results)
+    results.seconds = time.perf_counter() - started
+    return results, work
+
+
+async def run_scenario(scenario: str, server: BenchServer, work: Workload, r: Results) -> None:
+    sizes, name = r.sizes, server.spec.name
+    if scenario == "replay":
+        for variant in sizes.replay:
+            if variant.servers is not None and name not in variant.servers:
+                continue
+            what = f"replay ({variant.describe(sizes.max_lead)}) on {name}"
+            if found := await attempt(r, what, replay(server, work, sizes, variant)):
+                r.replay.setdefault(variant, {})[name] = found
+    elif scenario == "fanout":
+        for rooms, clients in sizes.fanout:
+            found = await attempt(
+                r, f"fanout {rooms}x{clients} on {name}", fanout(server, sizes, rooms, clients)
+            )
+            if found:
+                r.fanout.setdefault((rooms, clients), {})[name] = found
+    elif scenario == "join":
+        if found := await attempt(r, f"join storm on {name}", storm(server, work, sizes)):
+            r.storm[name] = found
+    elif scenario == "cold":
+        if found := await attempt(r, f"cold open on {name}", cold_open(server, work, sizes)):
+            r.cold[name] = found
+    elif scenario == "idle" and (found := await attempt(r, f"idle on {name}", idle(server, sizes))):
+        r.idle[name] = found
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def label(name: str) -> str:
+    return SERVERS[name].label
+
+
+def per_update_us(seconds: float, count: int) -> float:
+    return seconds / count * 1e6 if count else float("nan")
+
+
+def micro(value: float) -> str:
+    return "n/a" if value != value else f"{value:.1f} µs"
+
+
+def megabytes(value: float) -> str:
+    return f"{value / MB:.1f} MB"
+
+
+def kilobytes(value: float) -> str:
+    return f"{value / 1024:.1f} KB"
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float:
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def ms(value: float) -> str:
+    return "n/a" if value != value else f"{value:.1f} ms"
+
+
+def yes(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def with_database(cost: Cost) -> float:
+    return cost.cpu + cost.database_cpu
+
+
+def replay_section(r: Results) -> list[str]:
+    lines = ["### Trace replay", ""]
+    for variant, runs in r.replay.items():
+        ref = runs.get(REFERENCE)
+        lines += [variant.describe(r.sizes.max_lead) + ":", ""]
+        rows = []
+        for name, run in runs.items():
+            cpu = per_update_us(run.cost.cpu, run.edits)
+            both = per_update_us(with_database(run.cost), run.edits)
+            ref_cpu = per_update_us(ref.cost.cpu, ref.edits) if ref else float("nan")
+            rows.append(
+                [
+                    label(name),
+                    yes(run.converged),
+                    duration(run.seconds) if run.converged else "n/a",
+                    ratio(run.seconds, ref.seconds) if ref else "n/a",
+                    f"{run.edits / run.seconds:,.0f}" if run.converged else "n/a",
+                    f"{run.cost.cpu:.2f} s",
+                    micro(cpu),
+                    ratio(cpu, ref_cpu),
+                    micro(both) if run.cost.database_cpu else "-",
+                    ratio(both, ref_cpu) if run.cost.database_cpu else "-",
+                    megabytes(run.cost.peak),
+                ]
+            )
+        lines += _table(
+            [
+                "server",
+                "converged",
+                "time to final text everywhere",
+                "vs reference",
+                "updates/s",
+                "server CPU",
+                "CPU per update",
+                "vs reference",
+                "with PostgreSQL CPU",
+                "vs reference",
+                "peak memory",
+            ],
+            rows,
+        )
+    return lines
+
+
+def fanout_section(r: Results) -> list[str]:
+    low, high = r.sizes.typing_rate
+    lines = [
+        "### Fan-out",
+        "",
+        f"Every client types one character at a random position every {1 / high:.2g} to "
+        f"{1 / low:.2g} s for {r.sizes.fanout_seconds:g} s; latency from the keystroke to its "
+        "arrival in each other client's document of the room.",
+        "",
+    ]
+    for (rooms, clients), runs in r.fanout.items():
+        ref = runs.get(REFERENCE)
+        lines += [f"{rooms} rooms x {clients} clients:", ""]
+        rows = []
+        for name, run in runs.items():
+            cpu = per_update_us(run.cost.cpu, run.keystrokes)
+            both = per_update_us(with_database(run.cost), run.keystrokes)
+            ref_cpu = per_update_us(ref.cost.cpu, ref.keystrokes) if ref else float("nan")
+            p99 = percentile(run.latencies, 0.99)
+            rows.append(
+                [
+                    label(name),
+                    f"{run.converged}/{run.rooms}",
+                    f"{run.keystrokes:,}",
+                    ms(percentile(run.latencies, 0.5)),
+                    ms(p99),
+                    ratio(p99, percentile(ref.latencies, 0.99)) if ref else "n/a",
+                    ms(run.latencies[-1] if run.latencies else float("nan")),
+                    micro(cpu),
+                    ratio(cpu, ref_cpu),
+                    micro(both) if run.cost.database_cpu else "-",
+                    ratio(both, ref_cpu) if run.cost.database_cpu else "-",
+                    megabytes(run.cost.peak),
+                ]
+            )
+        lines += _table(
+            [
+                "server",
+                "rooms converged",
+                "keystrokes",
+                "relay p50",
+                "relay p99",
+                "p99 vs reference",
+                "max",
+                "CPU per keystroke",
+                "vs reference",
+                "with PostgreSQL CPU",
+                "vs reference",
+                "peak memory",
+            ],
+            rows,
+        )
+    return lines
+
+
+def storm_section(r: Results) -> list[str]:
+    if not r.storm:
+        return []
+    ref = r.storm.get(REFERENCE)
+    rows = [
+        [
+            label(name),
+            f"{run.complete}/{run.count}",
+            duration(run.seconds),
+            ratio(run.seconds, ref.seconds) if ref else "n/a",
+            duration(run.median_seconds),
+            f"{run.cost.cpu:.2f} s",
+            megabytes(run.cost.peak),
+        ]
+        for name, run in r.storm.items()
+    ]
+    return [
+        "### Join storm",
+        "",
+        f"{r.sizes.storm} clients join at once a room holding the trace's final document "
+        "(put there as one update by a client that stays connected).",
+        "",
+        *_table(
+            [
+                "server",
+                "clients with the whole text",
+                "until all synced",
+                "vs reference",
+                "median client",
+                "server CPU",
+                "peak memory",
+            ],
+            rows,
+        ),
+    ]
+
+
+def cold_section(r: Results, work: Workload) -> list[str]:
+    if not r.cold:
+        return []
+    rows = []
+    for name, run in r.cold.items():
+        if SERVERS[name].database is None:
+            rows.append(
+                [
+                    label(name) + ", room held in memory",
+                    "-",
+                    duration(median(run.before)),
+                    "-",
+                    yes(run.matched),
+                ]
+            )
+        else:
+            rows.append(
+                [
+                    label(name),
+                    duration(median(run.before)),
+                    duration(median(run.after)),
+                    ratio(median(run.after), median(run.before)),
+                    yes(run.matched),
+                ]
+            )
+    return [
+        "### Cold open",
+        "",
+        f"First client, connect → synced (median of {r.sizes.cold_repeats}): ours with the room "
+        f"not loaded, its log the session's {work.edits:,} updates, then compacted into one "
+        "snapshot. The in-memory peers cannot open a room from storage: the best they offer is "
+        "a room they still hold, measured the same way (Hocuspocus is left out: the Python "
+        "client speaks the y-websocket protocol only).",
+        "",
+        *_table(
+            ["server", "log, not compacted", "compacted", "after/before", "text matched"], rows
+        ),
+    ]
+
+
+def idle_section(r: Results) -> list[str]:
+    if not r.idle:
+        return []
+    ref = r.idle.get(REFERENCE)
+    rows = [
+        [
+            label(name),
+            megabytes(run.baseline),
+            kilobytes(run.per_room),
+            ratio(run.per_room, ref.per_room) if ref else "n/a",
+            kilobytes(run.per_connection),
+            ratio(run.per_connection, ref.per_connection) if ref else "n/a",
+        ]
+        for name, run in r.idle.items()
+    ]
+    return [
+        "### Idle capacity",
+        "",
+        f"Resident memory growth: {r.sizes.idle_rooms} rooms of one client and 1,000 "
+        f"characters each, then {r.sizes.idle_connections} idle clients of one more room.",
+        "",
+        *_table(
+            [
+                "server",
+                "RSS at start",
+                "per loaded room",
+                "vs reference",
+                "per idle connection",
+                "vs reference",
+            ],
+            rows,
+        ),
+    ]
+
+
+def targets_section(r: Results) -> list[str]:
+    """The issue's targets against what ours (on PostgreSQL) measured in this run."""
+    rows: list[list[str]] = []
+
+    def target(what: str, value: float, limit: float, shown: str) -> None:
+        rows.append([what, shown, yes(value <= limit) if value == value else "n/a"])
+
+    for replayed, runs in r.replay.items():
+        ours, ref = runs.get("ours"), runs.get(REFERENCE)
+        variant = f"replay ({replayed.describe(r.sizes.max_lead)})"
+        if ours and not replayed.throttled:
+            rows.append([f"{variant}: converges", "", yes(ours.converged)])
+        if not (ours and ref):
+            continue
+        cpu = ours.cost.cpu / ref.cost.cpu
+        both = with_database(ours.cost) / ref.cost.cpu
+        target(f"{variant}: server CPU ≤ 0.5x the reference", cpu, 0.5, f"{cpu:.2f}x")
+        target(f"{variant}: with PostgreSQL ≤ 0.8x the reference", both, 0.8, f"{both:.2f}x")
+        conv = ours.seconds / ref.seconds
+        target(f"{variant}: convergence ≤ 0.9x the reference", conv, 0.9, f"{conv:.2f}x")
+    for (rooms, clients), runs in r.fanout.items():
+        ours, ref = runs.get("ours"), runs.get(REFERENCE)
+        variant = f"fan-out {rooms} x {clients}"
+        if ours and ref:
+            cpu = (ours.cost.cpu / ours.keystrokes) / (ref.cost.cpu / ref.keystrokes)
+            both = (with_database(ours.cost) / ours.keystrokes) / (ref.cost.cpu / ref.keystrokes)
+            target(f"{variant}: server CPU ≤ 0.5x the reference", cpu, 0.5, f"{cpu:.2f}x")
+            target(f"{variant}: with PostgreSQL ≤ 0.8x the reference", both, 0.8, f"{both:.2f}x")
+        limit = {(20, 5): 5.0, (100, 5): 20.0}.get((rooms, clients))
+        if ours and limit:
+            p99 = percentile(ours.latencies, 0.99)
+            target(f"{variant}: relay p99 ≤ {limit:g} ms", p99, limit, ms(p99))
+    if (cold := r.cold.get("ours")) and cold.after:
+        after = median(cold.after) * 1e3
+        target("cold open, compacted: ≤ 50 ms", after, 50, ms(after))
+    if (ours_storm := r.storm.get("ours")) and (ref_storm := r.storm.get(REFERENCE)):
+        s = ours_storm.seconds / ref_storm.seconds
+        target("join storm: no slower than the reference", s, 1.0, f"{s:.2f}x")
+    if not rows:
+        return []
+    return [
+        "### Targets (issue #7), ours on PostgreSQL",
+        "",
+        *_table(["target", "measured", "met"], rows),
+    ]
+
+
+def render(r: Results, work: Workload, env: dict[str, str], command: str) -> str:
+    versions = node_versions()
+    packages = ", ".join(f"{p} {versions[p]}" for p in NODE_PACKAGES)
+    trace = f"the first {work.edits:,} edits of " if r.sizes.trace_limit else ""
+    lines = [
+        f"Measured {env['date']} with `{command}` at {env['revision']}, on {env['machine']}; "
+        f"Python {env['python']}, pycrdt {env['pycrdt']}, pycrdt-websocket "
+        f"{version('pycrdt-websocket')}, uvicorn {version('uvicorn')}, {env['database']}; "
+        f"Node {versions['node']}, {packages}. Whole run {duration(r.seconds)}. One run on a "
+        "shared machine: compare ratios, not seconds.",
+        "",
+        f"Servers: {', '.join(label(name) for name in r.servers)}, each started fresh for "
+        "each scenario on loopback; ours with its defaults (log level WARNING), the peers as "
+        "their documentation starts them, in memory. Workload: "
+        f"{trace}the `{TRACE}` editing trace ({len(work.text):,} characters at the end), by "
+        f"{CREDITS[TRACE]}, from [josephg/editing-traces]"
+        f"(https://github.com/josephg/editing-traces), licensed [CC BY 4.0]({LICENCE}).",
+        "",
+        *targets_section(r),
+        *replay_section(r),
+        *fanout_section(r),
+        *storm_section(r),
+        *cold_section(r, work),
+        *idle_section(r),
+    ]
+    if r.failures:
+        lines += ["Failed runs:", "", *(f"- {failure}" for failure in r.failures), ""]
+    return "\n".join(lines)
+
+
+READING = """\
+How to read these:
+
+- *vs reference*: the figure over the reference server's in the same run (`bench.common.ratio`);
+  below 1x is better for times, CPU and memory.
+- *server CPU*: user + system seconds of the server process (`/proc/<pid>/stat`, threads and
+  waited-for children included) from the start of the scenario's load to its end. *With
+  PostgreSQL CPU*: plus the CPU of the PostgreSQL backends connected to our scratch database
+  (pids from `pg_stat_activity`, polled every 0.1 s), still over the reference server's CPU
+  alone (it stores nothing). WAL writer and checkpointer are not counted.
+- *CPU per update* (replay): over the trace's edits, each relayed to every observer; *per
+  keystroke* (fan-out): over the keystrokes, each relayed to the other clients of its room.
+- *peak memory*: VmHWM, reset with `/proc/<pid>/clear_refs` before the load.
+- Replay: the writer is a Node y-websocket (or Hocuspocus) client applying one trace edit per
+  transaction; the observers report the writer's clock in their state vector every 20 ms and
+  the orchestrator relays the slowest to the writer, which waits while it is 10,000 edits
+  ahead of it (throttled) or never (unthrottled). The time runs from the first edit until the
+  last observer holds the trace's final text.
+- Fan-out: each room's clients live in one Node process, so a keystroke's time and its arrival
+  are read from one clock; the client processes share the machine's cores with the server.
+- Idle: resident memory of the server after the clients joined and 1 s of quiet, minus before.
+"""
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="seconds-long run; writes no docs")
+    parser.add_argument(
+        "--only", help=f"comma-separated scenarios (default all: {','.join(SCENARIOS)})"
+    )
+    parser.add_argument("--servers", help=f"comma-separated (default all: {','.join(SERVERS)})")
+    parser.add_argument(
+        "--database-url",
+        help=f"the PostgreSQL server for ours (default {DEFAULT_POSTGRES_URL}); a scratch "
+        "database is created there and dropped",
+    )
+    parser.add_argument("--no-docs", action="store_true", help="do not update the docs")
+    options = parser.parse_args(argv)
+    options.sizes = SMOKE if options.smoke else FULL
+    only = options.only.split(",") if options.only else list(SCENARIOS)
+    default_servers = [n for n in SERVERS if not (options.smoke and n == "ours")]
+    servers = options.servers.split(",") if options.servers else default_servers
+    for name, known in ((only, SCENARIOS), (servers, tuple(SERVERS))):
+        if unknown := set(name) - set(known):
+            parser.error(f"unknown {', '.join(sorted(unknown))}; choose from {', '.join(known)}")
+    options.only = [s for s in SCENARIOS if s in only]
+    options.servers = [s for s in SERVERS if s in servers]
+    options.database_url = options.database_url or DEFAULT_POSTGRES_URL
+    # Only a whole run replaces the section: a partial one would drop the other figures.
+    partial = options.only != list(SCENARIOS) or options.servers != list(SERVERS)
+    options.write_docs = not (options.smoke or options.no_docs or partial)
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    args = " ".join(sys.argv[1:] if argv is None else argv)
+    command = f"python -m bench.suite {args}".strip()
+    uses_postgres = any(SERVERS[name].database == "postgres" for name in options.servers)
+    env = environment(options.database_url if uses_postgres else "sqlite")
+    results, work = asyncio.run(run(options))
+    body = render(results, work, env, command)
+    print(body)
+    if options.write_docs:  # failed runs are listed in the section: they are findings too
+        update_docs_section("Servers", body + "\n" + READING)
+        print("updated docs/benchmarks.md")
+    if results.failures:
+        print(f"{len(results.failures)} run(s) FAILED")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
