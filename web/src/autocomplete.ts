@@ -21,6 +21,33 @@ function pause(ms: number, token: Token): Promise<boolean> {
   })
 }
 
+/** Monaco's own cancellation error, exactly (`name` and `message` are both "Canceled"). */
+function isMonacoCancellation(value: unknown): boolean {
+  return value instanceof Error && value.name === 'Canceled' && value.message === 'Canceled'
+}
+
+/**
+ * Monaco rejects a superseded inline-completion request with its `Canceled` error and never
+ * catches it (microsoft/monaco-editor#4554, #4767): harmless, but it surfaces in the page as an
+ * uncaught error. Swallow exactly that error while the providers are registered.
+ */
+function ignoreMonacoCancellations(): monaco.IDisposable {
+  const onRejection = (event: PromiseRejectionEvent) => {
+    if (isMonacoCancellation(event.reason)) event.preventDefault()
+  }
+  const onError = (event: ErrorEvent) => {
+    if (isMonacoCancellation(event.error)) event.preventDefault()
+  }
+  window.addEventListener('unhandledrejection', onRejection)
+  window.addEventListener('error', onError)
+  return {
+    dispose() {
+      window.removeEventListener('unhandledrejection', onRejection)
+      window.removeEventListener('error', onError)
+    },
+  }
+}
+
 export function registerAutocomplete(getLanguage: () => string): monaco.IDisposable {
   let last: { key: string; suggestions: Promise<Suggestion[]> } | null = null
 
@@ -78,10 +105,13 @@ export function registerAutocomplete(getLanguage: () => string): monaco.IDisposa
     disposeInlineCompletions() {},
   })
 
+  const cancellations = ignoreMonacoCancellations()
+
   return {
     dispose() {
       completions.dispose()
       inline.dispose()
+      cancellations.dispose()
     },
   }
 }
