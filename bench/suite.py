@@ -533,6 +533,21 @@ def with_database(cost: Cost) -> float:
     return cost.cpu + cost.database_cpu
 
 
+def cpu_cells(cost: Cost, count: int, reference: tuple[Cost, int] | None) -> list[str]:
+    """Server CPU per unit of work, alone and with its PostgreSQL backends', each against the
+    reference server's (`cpu_headers`)."""
+    cpu = per_update_us(cost.cpu, count)
+    ref_cpu = per_update_us(reference[0].cpu, reference[1]) if reference else float("nan")
+    if not cost.database_cpu:
+        return [micro(cpu), ratio(cpu, ref_cpu), "-", "-"]
+    both = per_update_us(with_database(cost), count)
+    return [micro(cpu), ratio(cpu, ref_cpu), micro(both), ratio(both, ref_cpu)]
+
+
+def cpu_headers(unit: str) -> list[str]:
+    return [f"CPU per {unit}", "vs reference", "with PostgreSQL CPU", "vs reference"]
+
+
 def replay_section(r: Results) -> list[str]:
     lines = ["### Trace replay", ""]
     for variant, runs in r.replay.items():
@@ -540,9 +555,6 @@ def replay_section(r: Results) -> list[str]:
         lines += [variant.describe(r.sizes.max_lead) + ":", ""]
         rows = []
         for name, run in runs.items():
-            cpu = per_update_us(run.cost.cpu, run.edits)
-            both = per_update_us(with_database(run.cost), run.edits)
-            ref_cpu = per_update_us(ref.cost.cpu, ref.edits) if ref else float("nan")
             rows.append(
                 [
                     label(name),
@@ -551,10 +563,7 @@ def replay_section(r: Results) -> list[str]:
                     ratio(run.seconds, ref.seconds) if ref else "n/a",
                     f"{run.edits / run.seconds:,.0f}" if run.converged else "n/a",
                     f"{run.cost.cpu:.2f} s",
-                    micro(cpu),
-                    ratio(cpu, ref_cpu),
-                    micro(both) if run.cost.database_cpu else "-",
-                    ratio(both, ref_cpu) if run.cost.database_cpu else "-",
+                    *cpu_cells(run.cost, run.edits, (ref.cost, ref.edits) if ref else None),
                     megabytes(run.cost.peak),
                 ]
             )
@@ -566,10 +575,7 @@ def replay_section(r: Results) -> list[str]:
                 "vs reference",
                 "updates/s",
                 "server CPU",
-                "CPU per update",
-                "vs reference",
-                "with PostgreSQL CPU",
-                "vs reference",
+                *cpu_headers("update"),
                 "peak memory",
             ],
             rows,
@@ -592,9 +598,6 @@ def fanout_section(r: Results) -> list[str]:
         lines += [f"{rooms} rooms x {clients} clients:", ""]
         rows = []
         for name, run in runs.items():
-            cpu = per_update_us(run.cost.cpu, run.keystrokes)
-            both = per_update_us(with_database(run.cost), run.keystrokes)
-            ref_cpu = per_update_us(ref.cost.cpu, ref.keystrokes) if ref else float("nan")
             p99 = percentile(run.latencies, 0.99)
             rows.append(
                 [
@@ -605,10 +608,9 @@ def fanout_section(r: Results) -> list[str]:
                     ms(p99),
                     ratio(p99, percentile(ref.latencies, 0.99)) if ref else "n/a",
                     ms(run.latencies[-1] if run.latencies else float("nan")),
-                    micro(cpu),
-                    ratio(cpu, ref_cpu),
-                    micro(both) if run.cost.database_cpu else "-",
-                    ratio(both, ref_cpu) if run.cost.database_cpu else "-",
+                    *cpu_cells(
+                        run.cost, run.keystrokes, (ref.cost, ref.keystrokes) if ref else None
+                    ),
                     megabytes(run.cost.peak),
                 ]
             )
@@ -621,10 +623,7 @@ def fanout_section(r: Results) -> list[str]:
                 "relay p99",
                 "p99 vs reference",
                 "max",
-                "CPU per keystroke",
-                "vs reference",
-                "with PostgreSQL CPU",
-                "vs reference",
+                *cpu_headers("keystroke"),
                 "peak memory",
             ],
             rows,

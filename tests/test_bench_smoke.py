@@ -17,16 +17,22 @@ def _doc_text() -> str | None:
     return BENCHMARKS_DOC.read_text() if BENCHMARKS_DOC.exists() else None
 
 
-def test_compaction_benchmark_smoke_run_matches_the_text_and_writes_no_docs() -> None:
-    doc_before = _doc_text()
+def smoke_run(benchmark: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m bench.<benchmark> --smoke`, which must succeed."""
     run = subprocess.run(
-        [sys.executable, "-m", "bench.compaction", "--smoke"],
+        [sys.executable, "-m", f"bench.{benchmark}", "--smoke"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    return run
+
+
+def test_compaction_benchmark_smoke_run_matches_the_text_and_writes_no_docs() -> None:
+    doc_before = _doc_text()
+    run = smoke_run("compaction", timeout=300)
     assert "text matched:" in run.stdout
     assert "MISMATCH" not in run.stdout
     assert "| cold join, connect → synced" in run.stdout
@@ -38,14 +44,7 @@ def test_server_suite_smoke_run_converges_everywhere_and_writes_no_docs() -> Non
     """Every server of `bench.suite` runs every scenario (small sizes) and every room converges;
     `make bench-deps` installs the Node peers it starts."""
     doc_before = _doc_text()
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.suite", "--smoke"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    run = smoke_run("suite", timeout=600)
     for heading in ("Trace replay", "Fan-out", "Join storm", "Cold open", "Idle capacity"):
         assert f"### {heading}" in run.stdout, heading
     rows = [line for line in run.stdout.splitlines() if line.startswith("| ")]
