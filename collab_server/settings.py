@@ -124,6 +124,7 @@ class Settings(BaseSettings):
     )
     committed_read_seconds: float = Field(
         5.0,
+        gt=0,
         description="How long a REST read of a loaded room (content, autocomplete) waits for "
         "the commit in flight, so that it returns only committed text; past it: 503 (the "
         "database is down).",
