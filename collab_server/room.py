@@ -4,6 +4,8 @@
            -> flush: apply to the document (validate) -> store commit (group commit)
            -> relay to the others -> answer the sync requests that waited for the commit
 
+    other processes' commits (fan-out) -> LogCursor (in log order) -> apply -> relay to all
+
 `CollabRoom` subclasses pycrdt-websocket 0.16.5's `YRoom` (its lifecycle, task group and
 awareness) and replaces the points where 0.16.5 is defective for a durable server:
 
@@ -27,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, TypeVar
 
+import anyio
 from pycrdt import (
     Doc,
     TransactionEvent,
@@ -42,17 +46,22 @@ from pycrdt import (
 from pycrdt.websocket import YRoom
 
 from crdt_store import (
+    UPDATES_PER_TRANSACTION,
     GroupCommitter,
     RoomNotFound,
     RoomRecord,
+    RoomState,
     StoreUnavailable,
+    doc_from_state,
     is_update_error,
 )
+from crdt_store.fanout import Committed, Fanout
 
 from . import metrics
 from .closecodes import CloseCode
 from .compactor import Compactor
 from .connection import Connection
+from .log_cursor import LogCursor, Span
 from .logs import room_logger
 from .protocol import (
     EMPTY_UPDATE,
@@ -71,6 +80,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _EMPTY_STATE_VECTOR = b"\x00"
+#: How long rows announced ahead of a gap wait for the rows before them (another process's
+#: notification racing this one) before the log is read instead.
+GAP_WAIT_SECONDS = 0.1
+#: Reads a room's log: the rows after the given seq (or the snapshot covering some of them).
+ReadLog = Callable[[int], Awaitable[RoomState]]
 
 
 def _log_and_continue(exception: Exception, log: logging.Logger) -> bool:
@@ -104,7 +118,8 @@ class CollabRoom(YRoom):
         committer: GroupCommitter,
         compactor: Compactor,
         settings: Settings,
-        reload_doc: Callable[[], Awaitable[Doc[Any]]],
+        read_log: ReadLog,
+        fanout: Fanout,
     ) -> None:
         super().__init__(
             ready=True,
@@ -113,8 +128,7 @@ class CollabRoom(YRoom):
             log=room_logger(logger, room_id),  # type: ignore[arg-type]
         )
         self.room_id = room_id
-        #: Seq of the newest log row the document holds.
-        self.head = head
+        self._cursor = LogCursor(head)
         #: Rows and bytes of the log not yet folded into the snapshot.
         self.log_updates = log_updates
         self.log_bytes = log_bytes
@@ -122,7 +136,14 @@ class CollabRoom(YRoom):
         self._committer = committer
         self._compactor = compactor
         self._settings = settings
-        self._reload_doc = reload_doc
+        self._read_log = read_log
+        self._fanout = fanout
+        #: Set while the document is rebuilt from the store: other processes' rows wait.
+        self._reloading = False
+        self._catch_up_task: asyncio.Task[None] | None = None
+        self._catch_up_forced = False
+        #: The store's head seen at the last check while this room was behind it.
+        self._lagging_to: int | None = None
         self._pending: list[tuple[bytes, Connection]] = []
         self._oldest_pending_at = 0.0
         self._work = asyncio.Event()
@@ -147,6 +168,11 @@ class CollabRoom(YRoom):
         # The server has no cursor of its own: without this it announced an empty peer.
         self.awareness.set_local_state(None)
 
+    @property
+    def head(self) -> int:
+        """Seq of the newest log row the document holds, with every row before it."""
+        return self._cursor.head
+
     # -- pycrdt-websocket overrides -------------------------------------------------------
 
     async def _start(self, task_status: Any) -> None:
@@ -154,6 +180,11 @@ class CollabRoom(YRoom):
         # left at once) crashed YRoom.start inside the server's task group, stopping every room.
         await super()._start(task_status)
         self.running.set()
+
+    async def stop(self) -> None:
+        if self._catch_up_task is not None:
+            self._catch_up_task.cancel()
+        await super().stop()
 
     async def _watch_ready(self) -> None:
         await self.ready_event.wait()
@@ -315,10 +346,10 @@ class CollabRoom(YRoom):
         except Exception:
             connection.close(CloseCode.BAD_FRAME, "awareness update does not apply")
             return
+        self._fanout.publish_awareness(self.room_id, frame.payload)
         # Sent back to its sender too: y-websocket clients reconnect when they hear nothing for
         # 30 s, and their own awareness renewal (every 15 s) is what they hear in a quiet room.
-        for client in self.clients:
-            client.send_nowait(message)
+        self._send_to_all(message)
 
     def _forget_awareness(self, connection: Connection) -> None:
         owned = [i for i, owner in self._awareness_owners.items() if owner is connection]
@@ -327,13 +358,25 @@ class CollabRoom(YRoom):
         ids = [i for i in owned if i in self.awareness.states]
         if ids:
             self.awareness.remove_awareness_states(ids, connection)
-            message = self._awareness_message(ids)
-            for client in self.clients:
-                client.send_nowait(message)
+            payload = self.awareness.encode_awareness_update(ids)
+            self._fanout.publish_awareness(self.room_id, payload)
+            self._send_to_all(_awareness_frame(payload))
+
+    def receive_awareness(self, payload: bytes) -> None:
+        """Cursors of another process's clients: kept for joiners, sent to every client."""
+        try:
+            self.awareness.apply_awareness_update(payload, "fan-out")
+        except Exception:
+            self.log.warning("ignored an awareness update from another process that does not apply")
+            return
+        self._send_to_all(_awareness_frame(payload))
+
+    def _send_to_all(self, frame: bytes) -> None:
+        for client in self.clients:
+            client.send_nowait(frame)
 
     def _awareness_message(self, client_ids: list[int]) -> bytes:
-        payload = self.awareness.encode_awareness_update(client_ids)
-        return bytes([YMessageType.AWARENESS]) + write_message(payload)
+        return _awareness_frame(self.awareness.encode_awareness_update(client_ids))
 
     # -- commit, apply, relay ---------------------------------------------------------------
 
@@ -347,10 +390,7 @@ class CollabRoom(YRoom):
             if applied.accepted:
                 await self._commit([update for _, update in applied.accepted])
         except RoomNotFound:
-            self.log.info("deleted while loaded; closing its clients")
-            self.poisoned = True
-            for client in list(self.clients):
-                client.close(CloseCode.ROOM_NOT_FOUND, "room deleted")
+            self._deleted()
             return
         finally:
             self._capacity.set()
@@ -384,8 +424,24 @@ class CollabRoom(YRoom):
             if not failed:
                 return applied
             self.log.warning("an update did not apply; reloading the document from the store")
-            self._replace_doc(await self._retrying("reload", self._reload_doc))
+            await self._reload()
             batch = [(update, origin) for origin, update in applied.accepted]
+
+    async def _reload(self) -> None:
+        """Rebuild the document from the store. Rows other processes committed meanwhile are in
+        the new document: they are sent to the clients, as the difference from the old one."""
+        self._reloading = True
+        try:
+            state = await self._retrying("reload", lambda: self._read_log(0))
+            doc = await anyio.to_thread.run_sync(doc_from_state, state)
+        finally:
+            self._reloading = False
+        missed = doc.get_update(self.ydoc.get_state())
+        self._replace_doc(doc)
+        self._cursor.caught_up(state.head)
+        if missed != EMPTY_UPDATE:
+            self._relay([(None, missed)])
+        self._advance()
 
     def _apply(self, batch: list[tuple[bytes, Connection]]) -> tuple[Applied, bool]:
         """Apply the batch, one transaction per sender; and whether an update failed."""
@@ -424,11 +480,14 @@ class CollabRoom(YRoom):
         skip clocks, which the observed update leaves out, and merging some forged updates
         that each apply yields one that does not.)"""
         committing_at = time.perf_counter()
-        self.head = await self._retrying(
-            "commit", lambda: self._committer.append(self.room_id, updates)
-        )
+        rows = await self._retrying("commit", lambda: self._committer.append(self.room_id, updates))
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - committing_at)
         metrics.COMMIT_BATCH_UPDATES.observe(len(updates))
+        self._count_log_rows(updates)
+        self._cursor.add(Span(rows.first, rows.last, None, applied=True))
+        self._advance()
+
+    def _count_log_rows(self, updates: list[bytes]) -> None:
         self.log_updates += len(updates)
         self.log_bytes += sum(map(len, updates))
         metrics.LOG_ROWS_PENDING.inc(len(updates))
@@ -463,10 +522,97 @@ class CollabRoom(YRoom):
     def _on_transaction(self, event: TransactionEvent) -> None:
         self._transaction_updates.append(event.update)
 
-    def _relay(self, integrated: list[tuple[Connection, bytes]]) -> None:
-        """Send what each sender's transaction integrated to every other client, each frame
-        encoded once. Not merged across senders: a merge of forged updates that each applied
-        can fail, after their commit."""
+    # -- other processes' commits -----------------------------------------------------------
+
+    def receive_committed(self, event: Committed) -> None:
+        """Rows another process committed: applied and relayed in log order, once."""
+        self._cursor.add(Span(event.first, event.last, event.updates))
+        self._advance()
+
+    def catch_up(self) -> None:
+        """Read the log after `head` now (messages may have been lost)."""
+        self._catch_up_forced = True
+        self._schedule_catch_up(0.0)
+
+    def check_head(self, stored_head: int | None) -> None:
+        """Compare with the store's head (a periodic check): catch up if the room has been
+        behind it since the previous check, whose messages are then taken as lost."""
+        if stored_head is None:
+            self._deleted()
+            return
+        if self._lagging_to is not None and self.head < self._lagging_to:
+            self.catch_up()
+        self._lagging_to = stored_head if stored_head > self.head else None
+
+    def _advance(self) -> None:
+        if self._reloading:
+            return
+        runs = self._cursor.take_ready()
+        if runs:
+            self._apply_committed(list(chain.from_iterable(runs)))
+        if self._cursor.behind:
+            self._schedule_catch_up(GAP_WAIT_SECONDS)
+
+    def _schedule_catch_up(self, wait: float) -> None:
+        if self._catch_up_task is None:
+            self._catch_up_task = asyncio.create_task(
+                self._catch_up(wait), name=f"catch-up:{self.room_id}"
+            )
+
+    async def _catch_up(self, wait: float) -> None:
+        try:
+            await asyncio.sleep(wait)
+            if self._catch_up_forced or self._cursor.behind:
+                self._catch_up_forced = False
+                after = self.head
+                state = await self._retrying("catch up", lambda: self._read_log(after))
+                if not self._reloading:
+                    self._apply_committed(
+                        [state.snapshot, *state.updates] if state.snapshot else state.updates
+                    )
+                    self._cursor.caught_up(state.head)
+        except RoomNotFound:
+            self._deleted()
+            return
+        except Exception:
+            self.log.exception("catching up with the log failed; retrying at the next check")
+            return
+        finally:
+            self._catch_up_task = None
+        self._advance()
+
+    def _apply_committed(self, updates: list[bytes]) -> None:
+        """Apply committed rows (`UPDATES_PER_TRANSACTION` per transaction, so a long catch-up
+        does not hold the loop in one native commit) and relay what they changed to everyone."""
+        for start in range(0, len(updates), UPDATES_PER_TRANSACTION):
+            part = updates[start : start + UPDATES_PER_TRANSACTION]
+            self._transaction_updates.clear()
+            with self.ydoc.transaction():
+                for update in part:
+                    try:
+                        self.ydoc.apply_update(update)
+                    except BaseException as error:
+                        if not is_update_error(error):
+                            raise
+                        self.log.error("skipped a committed update that does not apply")
+            integrated, self._transaction_updates = self._transaction_updates, []
+            if integrated:
+                self._full_update = None
+                self._relay([(None, update) for update in integrated])
+        self._count_log_rows(updates)
+        if self._compactor.due(self.log_updates, self.log_bytes):
+            self._compactor.request(self.room_id, self._compacted)
+
+    def _deleted(self) -> None:
+        self.log.info("deleted while loaded; closing its clients")
+        self.poisoned = True
+        for client in list(self.clients):
+            client.close(CloseCode.ROOM_NOT_FOUND, "room deleted")
+
+    def _relay(self, integrated: Iterable[tuple[Connection | None, bytes]]) -> None:
+        """Send what each sender's transaction integrated to every other client (every client,
+        for another process's rows), each frame encoded once. Not merged across senders: a
+        merge of forged updates that each applied can fail, after their commit."""
         frames = [(origin, create_update_message(update)) for origin, update in integrated]
         sent = 0
         for client in self.clients:
@@ -480,3 +626,7 @@ class CollabRoom(YRoom):
         """Return once every update received so far is committed and relayed."""
         while not self._idle.is_set():
             await self._idle.wait()
+
+
+def _awareness_frame(payload: bytes) -> bytes:
+    return bytes([YMessageType.AWARENESS]) + write_message(payload)

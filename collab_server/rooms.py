@@ -12,20 +12,26 @@ registry and start/stop) and replaces the defective points:
 * `exception_handler=None` let one failing room take the whole server down: every room gets a
   handler that logs with the room id (see `room.py`), and errors while serving one client are
   logged here and close only that client.
+
+Other processes serving the same database announce their commits through the fan-out
+(`crdt_store.fanout`); `deliver` hands them to the loaded room. A room is subscribed to before
+its log is read, and what arrives while it loads is kept for it, so nothing falls between the
+read and the subscription. Every `fanout_check_seconds` the loaded rooms' heads are compared
+with the store's: a room whose messages were lost catches up by itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from functools import partial
-from typing import Any
 
 import anyio
-from pycrdt import Doc
 from pycrdt.websocket import WebsocketServer
 
-from crdt_store import GroupCommitter, RoomState, Store, doc_from_state
+from crdt_store import GroupCommitter, RoomState, Store, StoreUnavailable, doc_from_state
+from crdt_store.fanout import AwarenessChanged, Committed, Event, Fanout, Resubscribed
 
 from . import metrics
 from .closecodes import CloseCode
@@ -48,16 +54,22 @@ class RoomManager(WebsocketServer):
         committer: GroupCommitter,
         compactor: Compactor,
         settings: Settings,
+        fanout: Fanout,
     ) -> None:
         super().__init__(rooms_ready=True, auto_clean_rooms=False, log=logger)
         self._store = store
         self._committer = committer
         self._compactor = compactor
         self._settings = settings
+        self._fanout = fanout
         self._locks: weakref.WeakValueDictionary[str, anyio.Lock] = weakref.WeakValueDictionary()
+        #: Fan-out events of the rooms being loaded, for them once they are.
+        self._arriving: dict[str, list[Event]] = {}
 
     async def __aenter__(self) -> RoomManager:
         await super().__aenter__()
+        assert self._task_group is not None
+        self._task_group.start_soon(self._check_heads_forever)
         return self
 
     def _lock(self, room_id: str) -> anyio.Lock:
@@ -77,33 +89,80 @@ class RoomManager(WebsocketServer):
                 await self._stop(room)
                 room = None
             if room is None:
-                state, doc = await self._load(name)
-                room = CollabRoom(
-                    name,
-                    ydoc=doc,
-                    head=state.head,
-                    log_updates=len(state.updates),
-                    log_bytes=sum(map(len, state.updates)),
-                    committer=self._committer,
-                    compactor=self._compactor,
-                    settings=self._settings,
-                    reload_doc=partial(self._reload_doc, name),
-                )
-                await self.start_room(room)
-                await room.running.wait()
-                self.rooms[name] = room
-                metrics.ROOMS_LOADED.inc()
-                room.log.info("loaded (%d log rows after the snapshot)", len(state.updates))
+                room = await self._load(name)
             return room
 
-    async def _load(self, room_id: str) -> tuple[RoomState, Doc[Any]]:
-        state = await self._store.load_room_state(room_id)
-        return state, await anyio.to_thread.run_sync(doc_from_state, state)
+    async def _load(self, room_id: str) -> CollabRoom:
+        self._arriving[room_id] = []
+        try:
+            await self._fanout.watch(room_id)
+            state = await self._read_log(room_id, 0)
+            doc = await anyio.to_thread.run_sync(doc_from_state, state)
+            room = CollabRoom(
+                room_id,
+                ydoc=doc,
+                head=state.head,
+                log_updates=len(state.updates),
+                log_bytes=sum(map(len, state.updates)),
+                committer=self._committer,
+                compactor=self._compactor,
+                settings=self._settings,
+                read_log=partial(self._read_log, room_id),
+                fanout=self._fanout,
+            )
+            await self.start_room(room)
+            await room.running.wait()
+        except BaseException:
+            self._fanout.unwatch(room_id)
+            raise
+        finally:
+            arrived = self._arriving.pop(room_id)
+        self.rooms[room_id] = room
+        metrics.ROOMS_LOADED.inc()
+        room.log.info("loaded (%d log rows after the snapshot)", len(state.updates))
+        for event in arrived:
+            self._deliver_to(room, event)
+        return room
 
-    async def _reload_doc(self, room_id: str) -> Doc[Any]:
-        """The room's committed document, rebuilt from the store."""
-        _, doc = await self._load(room_id)
-        return doc
+    async def _read_log(self, room_id: str, after: int) -> RoomState:
+        return await self._store.load_room_state(room_id, after=after)
+
+    def deliver(self, event: Event) -> None:
+        """A fan-out event from another process, for the room it names if loaded here."""
+        if isinstance(event, Resubscribed):
+            for room in self.rooms.values():
+                room.catch_up()
+            for arriving in self._arriving.values():
+                arriving.append(event)
+            return
+        loaded = self.rooms.get(event.room_id)
+        if loaded is not None:
+            self._deliver_to(loaded, event)
+        elif event.room_id in self._arriving:
+            self._arriving[event.room_id].append(event)
+
+    @staticmethod
+    def _deliver_to(room: CollabRoom, event: Event) -> None:
+        if isinstance(event, Committed):
+            room.receive_committed(event)
+        elif isinstance(event, AwarenessChanged):
+            room.receive_awareness(event.payload)
+        else:
+            room.catch_up()
+
+    async def _check_heads_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.fanout_check_seconds)
+            rooms = dict(self.rooms)
+            if not rooms:
+                continue
+            try:
+                heads = await self._store.heads(list(rooms))
+            except StoreUnavailable as error:
+                logger.warning("checking the rooms' log heads failed: %s", error)
+                continue
+            for room_id, room in rooms.items():
+                room.check_head(heads.get(room_id))
 
     async def serve(self, websocket: Connection) -> None:  # type: ignore[override]
         """Serve one client until it leaves; unload the room if it was the last one."""
@@ -132,6 +191,7 @@ class RoomManager(WebsocketServer):
 
     async def _stop(self, room: CollabRoom) -> None:
         del self.rooms[room.room_id]
+        self._fanout.unwatch(room.room_id)
         await room.stop()
         metrics.ROOMS_LOADED.dec()
         metrics.LOG_ROWS_PENDING.dec(room.log_updates)

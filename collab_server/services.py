@@ -23,6 +23,7 @@ from crdt_store import (
     text_of,
     upgrade_database,
 )
+from crdt_store.fanout import fanout_for
 from crdt_store.urls import redact
 
 from .autocomplete import CompletionEngine, RuleBasedEngine
@@ -100,10 +101,16 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
         answer_timeout=settings.db_answer_timeout_seconds,
     )
     compactor = Compactor(store, settings)
+    fanout = fanout_for(
+        settings.database_url,
+        redis_url=settings.redis_url,
+        answer_timeout=settings.db_answer_timeout_seconds,
+    )
     try:
         async with (
-            GroupCommitter(store) as committer,
-            RoomManager(store, committer, compactor, settings) as rooms,
+            GroupCommitter(store, on_committed=fanout.publish_committed) as committer,
+            RoomManager(store, committer, compactor, settings, fanout) as rooms,
+            fanout.running(rooms.deliver),
         ):
             services = Services(settings, store, rooms, RuleBasedEngine())
             migration = asyncio.create_task(_migrate_until_done(settings, services.migrated))

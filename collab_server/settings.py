@@ -46,6 +46,21 @@ class Settings(BaseSettings):
         "count a probe that answers late (often after 1 s) as failed.",
     )
 
+    redis_url: str | None = Field(
+        None,
+        description="redis://host:port/db. When set, processes sharing the database tell each "
+        "other of commits through Redis Streams and of cursors through Redis pub/sub instead of "
+        "PostgreSQL NOTIFY (for many processes or high write rates). PostgreSQL stays the only "
+        "source of truth. Needs the `redis` extra.",
+    )
+    fanout_check_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="How often a process compares its loaded rooms' log heads with the "
+        "database's: a quiet room whose last fan-out message was lost catches up within two "
+        "intervals (messages lost in a reconnect are caught up at once).",
+    )
+
     api_key: SecretStr | None = Field(
         None,
         description="When set, the REST API requires it (`Authorization: Bearer <key>`) for "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from .compaction import CompactionError, CompactionResult, compact_room
 from .documents import (
     TEXT_NAME,
+    UPDATES_PER_TRANSACTION,
     apply_updates,
     doc_from_state,
     is_update_error,
@@ -15,7 +16,7 @@ from .documents import (
     text_update,
 )
 from .errors import LogChanged, RoomNotFound, StoreError, StoreUnavailable
-from .group_commit import GroupCommitter
+from .group_commit import GroupCommitter, Rows
 from .migrate import upgrade_database
 from .schema import ROOM_ID_PATTERN
 from .store import AppendResult, RoomPage, RoomRecord, RoomState, Store, new_room_id
@@ -23,6 +24,7 @@ from .store import AppendResult, RoomPage, RoomRecord, RoomState, Store, new_roo
 __all__ = [
     "ROOM_ID_PATTERN",
     "TEXT_NAME",
+    "UPDATES_PER_TRANSACTION",
     "AppendResult",
     "CompactionError",
     "CompactionResult",
@@ -32,6 +34,7 @@ __all__ = [
     "RoomPage",
     "RoomRecord",
     "RoomState",
+    "Rows",
     "Store",
     "StoreError",
     "StoreUnavailable",

@@ -7,11 +7,22 @@ the number of rooms and writers; on PostgreSQL the batch for all rooms is one st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
+from typing import NamedTuple
 
 from .errors import RoomNotFound
 from .store import Store
+
+#: Called once a batch is committed: room id -> (seq of its first row, the rows' updates).
+OnCommitted = Callable[[Mapping[str, tuple[int, Sequence[bytes]]]], None]
+
+
+class Rows(NamedTuple):
+    """The sequence numbers one `append` call's updates got: `first..last`."""
+
+    first: int
+    last: int
 
 
 class GroupCommitter:
@@ -20,13 +31,18 @@ class GroupCommitter:
     Usage::
 
         async with GroupCommitter(store) as committer:
-            head = await committer.append(room_id, [update])   # returns once committed
+            rows = await committer.append(room_id, [update])   # returns once committed
+
+    `on_committed` hears of every batch right after its commit (the fan-out to other processes).
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, on_committed: OnCommitted | None = None) -> None:
         self._store = store
+        self._on_committed = on_committed
         self._pending: dict[str, list[bytes]] = {}
-        self._waiters: dict[str, list[asyncio.Future[int]]] = {}
+        #: Per room: each caller's future and how many of the room's pending updates precede
+        #: its own, to tell it which seqs its rows got.
+        self._waiters: dict[str, list[tuple[asyncio.Future[Rows], int, int]]] = {}
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -47,16 +63,17 @@ class GroupCommitter:
         self._wake.set()
         await self._task
 
-    async def append(self, room_id: str, updates: Sequence[bytes]) -> int:
-        """Append `updates` to the room's log; returns the room's head seq once committed.
+    async def append(self, room_id: str, updates: Sequence[bytes]) -> Rows:
+        """Append `updates` to the room's log; returns their seqs once committed.
 
         Raises `RoomNotFound` if the room is gone, `StoreUnavailable` if the commit failed
         (nothing of this batch was committed; appending again is safe, and Yjs updates are
         idempotent should the failure have hidden a successful commit).
         """
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(room_id, []).extend(updates)
-        self._waiters.setdefault(room_id, []).append(future)
+        future: asyncio.Future[Rows] = asyncio.get_running_loop().create_future()
+        pending = self._pending.setdefault(room_id, [])
+        self._waiters.setdefault(room_id, []).append((future, len(pending), len(updates)))
+        pending.extend(updates)
         self._wake.set()
         return await future
 
@@ -73,16 +90,22 @@ class GroupCommitter:
         try:
             result = await self._store.append_batches(batches)
         except Exception as error:
-            for futures in waiters.values():
-                for future in futures:
+            for room_waiters in waiters.values():
+                for future, _, _ in room_waiters:
                     if not future.done():
                         future.set_exception(error)
             return
-        for room_id, futures in waiters.items():
-            for future in futures:
+        firsts = {
+            room_id: head - len(batches[room_id]) + 1 for room_id, head in result.heads.items()
+        }
+        if self._on_committed is not None and firsts:
+            self._on_committed({r: (first, batches[r]) for r, first in firsts.items()})
+        for room_id, room_waiters in waiters.items():
+            for future, offset, count in room_waiters:
                 if future.done():
                     continue
                 if room_id in result.missing:
                     future.set_exception(RoomNotFound(room_id))
                 else:
-                    future.set_result(result.heads[room_id])
+                    first = firsts[room_id] + offset
+                    future.set_result(Rows(first, first + count - 1))

@@ -134,7 +134,7 @@ class _AnswerBoundedConnection(psycopg.AsyncConnection[Any]):
             sock.shutdown(socket.SHUT_RDWR)
 
 
-def _answer_bounded_connector(answer_timeout: float) -> Any:
+def answer_bounded_connector(answer_timeout: float) -> Any:
     """The `async_creator_fn` of psycopg's SQLAlchemy dialect: connections whose every answer,
     the connection's own handshake included, is awaited at most `answer_timeout` seconds.
 
@@ -247,7 +247,7 @@ class Store:
             return cls(engine, url)
         engine_url = async_url(url)
         tcp = {k: v for k, v in tcp_parameters(answer_timeout).items() if k not in engine_url.query}
-        connect_args = {"async_creator_fn": _answer_bounded_connector(answer_timeout), **tcp}
+        connect_args = {"async_creator_fn": answer_bounded_connector(answer_timeout), **tcp}
         return cls(
             create_async_engine(
                 engine_url,
@@ -418,30 +418,37 @@ class Store:
         async with self._transaction(appending=True) as conn:
             return await append_in_transaction(conn, batches)
 
-    async def load_room_state(self, room_id: str) -> RoomState:
+    async def load_room_state(self, room_id: str, *, after: int = 0) -> RoomState:
         """The room's snapshot and the log rows after it, read from one consistent snapshot.
 
+        With `after`, what a document holding rows up to `after` lacks: the rows after it, or,
+        if a compaction folded some of those away, the snapshot and the rows after the snapshot.
         Rows are streamed in partitions so a long log does not hold the event loop.
         """
         async with self._transaction(snapshot=True) as conn:
             head = await conn.scalar(select(rooms.c.head).where(rooms.c.id == room_id))
             if head is None:
                 raise RoomNotFound(room_id)
-            snapshot = (
-                await conn.execute(
-                    select(room_snapshots.c.upto_seq, room_snapshots.c.state).where(
-                        room_snapshots.c.room_id == room_id
+            snapshot = None
+            if head > after:
+                snapshot = (
+                    await conn.execute(
+                        select(room_snapshots.c.upto_seq, room_snapshots.c.state).where(
+                            room_snapshots.c.room_id == room_id,
+                            room_snapshots.c.upto_seq > after,
+                        )
                     )
+                ).one_or_none()
+            snapshot_seq = snapshot.upto_seq if snapshot else after
+            updates: list[bytes] = []
+            if head > snapshot_seq:
+                rows = await conn.stream_scalars(
+                    select(room_updates.c.data)
+                    .where(room_updates.c.room_id == room_id, room_updates.c.seq > snapshot_seq)
+                    .order_by(room_updates.c.seq)
+                    .execution_options(yield_per=_LOAD_PARTITION_ROWS)
                 )
-            ).one_or_none()
-            snapshot_seq = snapshot.upto_seq if snapshot else 0
-            rows = await conn.stream_scalars(
-                select(room_updates.c.data)
-                .where(room_updates.c.room_id == room_id, room_updates.c.seq > snapshot_seq)
-                .order_by(room_updates.c.seq)
-                .execution_options(yield_per=_LOAD_PARTITION_ROWS)
-            )
-            updates = [data async for partition in rows.partitions() for data in partition]
+                updates = [data async for partition in rows.partitions() for data in partition]
         return RoomState(
             room_id=room_id,
             snapshot=snapshot.state if snapshot else None,
@@ -449,6 +456,14 @@ class Store:
             updates=updates,
             head=head,
         )
+
+    async def heads(self, room_ids: Sequence[str]) -> dict[str, int]:
+        """The head seq of each of these rooms that exists (one query, for many rooms)."""
+        async with self._transaction() as conn:
+            result = await conn.execute(
+                select(rooms.c.id, rooms.c.head).where(rooms.c.id.in_(room_ids))
+            )
+            return {row.id: row.head for row in result}
 
     @asynccontextmanager
     async def compaction_lock(self, room_id: str) -> AsyncIterator[bool]:

@@ -33,6 +33,11 @@ def sync_url(raw: str) -> URL:
     return url.set(drivername=_SYNC_DRIVERS[_backend(url)])
 
 
+def libpq_url(raw: str) -> str:
+    """The URL as libpq reads it (`postgresql://...`), for connections made without SQLAlchemy."""
+    return make_url(raw).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def is_postgresql(raw: str) -> bool:
     return _backend(make_url(raw)) == "postgresql"
 

@@ -15,12 +15,14 @@ from sqlalchemy import insert
 
 from collab_server.closecodes import CloseCode
 from collab_server.protocol import read_var_bytes
+from collab_server.room import CollabRoom
 from collab_server.settings import Settings
-from crdt_store import text_of, text_update
+from crdt_store import Store, compact_room, text_of, text_update
+from crdt_store.fanout import Committed
 from crdt_store.schema import room_updates
 from tests.support.memory_socket import MemoryWebSocket, memory_connection
 from tests.test_store import loaded_text
-from tests.test_upstream_defects import running_manager, serving
+from tests.test_upstream_defects import received_text, running_manager, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -124,3 +126,97 @@ async def test_a_commit_that_fails_unexpectedly_closes_every_client_and_the_room
         assert reloaded is not room
         assert text_of(reloaded.ydoc) == await loaded_text(store, record.id)
         assert "lost" not in text_of(reloaded.ydoc)
+
+
+# -- rows committed by other processes -------------------------------------------------------
+# The rows are appended through the store (as another process would) and announced by hand:
+# the running manager's fan-out is `SingleProcess`, which announces nothing.
+
+
+async def appended_elsewhere(store: Store, room_id: str, *texts: str) -> Committed:
+    """Rows appended by "another process": the announcement it would send."""
+    updates = [text_update(text) for text in texts]
+    last = await store.append_updates(room_id, updates)
+    return Committed(room_id, last - len(updates) + 1, last, tuple(updates))
+
+
+async def wait_text(room: CollabRoom, expected: str) -> None:
+    with anyio.fail_after(5):
+        while text_of(room.ydoc) != expected:
+            await anyio.sleep(0.01)
+
+
+async def test_rows_announced_out_of_order_are_applied_in_log_order(settings: Settings) -> None:
+    async with running_manager(settings) as (manager, store):
+        record = await store.create_room(name="r", language="plaintext")
+        room = await manager.get_room(record.id)
+        first = await appended_elsewhere(store, record.id, "a")
+        second = await appended_elsewhere(store, record.id, "b", "c")
+        observer, observer_socket = memory_connection(record.id)
+        async with serving(room, observer):
+            room.receive_committed(second)
+            assert (room.head, text_of(room.ydoc)) == (0, "")
+            room.receive_committed(first)
+            assert room.head == 3
+            assert text_of(room.ydoc) == await loaded_text(store, record.id)
+            assert received_text(observer_socket) == text_of(room.ydoc)
+
+
+async def test_rows_missing_before_an_announcement_are_read_from_the_log(
+    settings: Settings,
+) -> None:
+    async with running_manager(settings) as (manager, store):
+        record = await store.create_room(name="r", language="plaintext")
+        room = await manager.get_room(record.id)
+        await appended_elsewhere(store, record.id, "lost")
+        room.receive_committed(await appended_elsewhere(store, record.id, "heard"))
+        await wait_text(room, await loaded_text(store, record.id))
+        assert room.head == 2
+
+
+async def test_a_quiet_room_whose_announcements_were_lost_catches_up_at_the_head_check(
+    sqlite_url: str,
+) -> None:
+    settings = Settings(database_url=sqlite_url, fanout_check_seconds=0.1)
+    async with running_manager(settings) as (manager, store):
+        record = await store.create_room(name="r", language="plaintext")
+        room = await manager.get_room(record.id)
+        observer, observer_socket = memory_connection(record.id)
+        async with serving(room, observer):
+            await appended_elsewhere(store, record.id, "never announced")
+            await wait_text(room, "never announced")
+            with anyio.fail_after(5):
+                while received_text(observer_socket) != "never announced":
+                    await anyio.sleep(0.01)
+
+
+async def test_a_room_behind_a_compaction_catches_up_from_the_snapshot(
+    settings: Settings,
+) -> None:
+    async with running_manager(settings) as (manager, store):
+        record = await store.create_room(name="r", language="plaintext")
+        room = await manager.get_room(record.id)
+        await appended_elsewhere(store, record.id, "folded")
+        assert (await compact_room(store, record.id)).compacted
+        room.receive_committed(await appended_elsewhere(store, record.id, "after"))
+        await wait_text(room, await loaded_text(store, record.id))
+        assert "folded" in text_of(room.ydoc)
+        assert room.head == 2
+
+
+async def test_an_own_commit_after_rows_not_yet_heard_of_ends_with_both_applied(
+    settings: Settings,
+) -> None:
+    async with running_manager(settings) as (manager, store):
+        record = await store.create_room(name="r", language="plaintext")
+        room = await manager.get_room(record.id)
+        elsewhere = await appended_elsewhere(store, record.id, "theirs")
+        writer, writer_socket = memory_connection(record.id)
+        async with serving(room, writer):
+            writer_socket.feed(create_update_message(text_update("mine")))
+            with anyio.fail_after(5):
+                while "mine" not in text_of(room.ydoc) or room._pending:
+                    await anyio.sleep(0.01)
+            room.receive_committed(elsewhere)
+            await wait_text(room, await loaded_text(store, record.id))
+            assert room.head == 2

@@ -168,7 +168,7 @@ async def test_group_committer_reports_a_deleted_room_without_failing_others(
     async with GroupCommitter(store) as committer:
         with pytest.raises(RoomNotFound):
             await committer.append("gone", [text_update("x")])
-        assert await committer.append(kept.id, [text_update("y")]) == 1
+        assert await committer.append(kept.id, [text_update("y")]) == (1, 1)
 
 
 async def test_unreachable_database_raises_store_unavailable() -> None:

@@ -19,6 +19,7 @@ from collab_server.protocol import DocumentUpdate, parse_frame
 from collab_server.rooms import RoomManager
 from collab_server.settings import Settings
 from crdt_store import GroupCommitter, Store, text_of
+from crdt_store.fanout import SingleProcess
 from tests.support.memory_socket import MemoryWebSocket, memory_connection
 
 pytestmark = pytest.mark.anyio
@@ -57,7 +58,9 @@ async def running_manager(settings: Settings) -> AsyncIterator[tuple[RoomManager
     try:
         async with (
             GroupCommitter(store) as committer,
-            RoomManager(store, committer, Compactor(store, settings), settings) as manager,
+            RoomManager(
+                store, committer, Compactor(store, settings), settings, SingleProcess()
+            ) as manager,
         ):
             yield manager, store
     finally:

@@ -8,6 +8,10 @@ simulated on the path instead: the server is pointed at the proxy and the test c
         proxy.cut()       # like a database restart that does not come back
         proxy.restore()   # it is back
 
+`TcpProxy.balancing(ports)` is a plain load balancer in front of several server processes: new
+connections go round-robin to the next one that accepts, so a client whose server died lands on
+another when it reconnects (no sticky routing).
+
 `cut()` resets every open connection (RST, both ways: what a client sees when the database
 restarts) and resets new ones as soon as they arrive, so failures are immediate.
 `partition()` is the other kind of outage, a network that drops packets silently (a failed
@@ -46,11 +50,11 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:`port` to `target_host`:`target_port` until cut."""
+    """Forwards 127.0.0.1:`port` to its targets (round-robin, skipping those refusing) until cut."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target_host = target_host
-        self.target_port = target_port
+    def __init__(self, *targets: tuple[str, int]) -> None:
+        self.targets = list(targets)
+        self._next_target = 0
         self.port = 0
         #: Connections forwarded so far and connections reset, for assertion messages.
         self.forwarded = 0
@@ -65,7 +69,17 @@ class TcpProxy:
     def in_front_of(cls, database_url: str) -> TcpProxy:
         """A proxy to the server of `database_url` (a PostgreSQL URL)."""
         target = make_url(database_url)
-        return cls(target.host or "127.0.0.1", target.port or 5432)
+        return cls((target.host or "127.0.0.1", target.port or 5432))
+
+    @classmethod
+    def balancing(cls, ports: list[int]) -> TcpProxy:
+        """A load balancer in front of server processes on these local ports."""
+        return cls(*(("127.0.0.1", port) for port in ports))
+
+    @property
+    def ws_url(self) -> str:
+        """The y-websocket base URL through the proxy (in front of server processes)."""
+        return f"ws://127.0.0.1:{self.port}/ws"
 
     def url_for(self, database_url: str) -> str:
         """`database_url` with its host and port replaced by the proxy's."""
@@ -142,18 +156,26 @@ class TcpProxy:
             self._links.add(link)
             await link.pipe(reader, None)
             return
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(
-                self.target_host, self.target_port
-            )
-        except OSError:
+        upstream = await self._connect_upstream()
+        if upstream is None:
             _reset(writer)
             return
+        upstream_reader, upstream_writer = upstream
         link = _Link(writer, upstream_writer)
         self._links.add(link)
         self.forwarded += 1
         await asyncio.gather(link.pipe(reader, upstream_writer), link.pipe(upstream_reader, writer))
         self._links.discard(link)
+
+    async def _connect_upstream(
+        self,
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        for _ in self.targets:
+            host, port = self.targets[self._next_target % len(self.targets)]
+            self._next_target += 1
+            with contextlib.suppress(OSError):
+                return await asyncio.open_connection(host, port)
+        return None
 
 
 class _Link:

@@ -1,0 +1,168 @@
+"""Fan-out through PostgreSQL: NOTIFY after each group commit, one LISTEN connection a process.
+
+Measured for this project (2 cores, PostgreSQL 15): p50 0.2-0.3 ms, p99 < 0.7 ms between
+processes. The NOTIFY is sent after the rows' commit, from a connection of its own with
+`synchronous_commit = off`, never inside the append's transaction: NOTIFY takes a cluster-wide
+lock held through the commit's WAL flush, which serialises every notifying commit (8 writers
+with a slow fsync: 700 commits/s instead of 2,530).
+
+Payloads are text under PostgreSQL's 8,000-byte limit: `u|origin|room|first|last|base64` for
+rows (base64 empty when the rows are too large to carry) and `a|origin|room|base64` for
+awareness. Room ids never contain `|`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+
+from ..store import answer_bounded_connector
+from ..urls import libpq_url, tcp_parameters
+from .base import Fanout
+from .events import (
+    AwarenessChanged,
+    Committed,
+    Resubscribed,
+    committed_chunks,
+    pack_updates,
+    unpack_updates,
+)
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "collab_fanout"
+#: Packed updates per notification: base64 makes 4 bytes of 3, and the header needs ~100.
+_MAX_PACKED_BYTES = 5_600
+#: Notifications sent in one statement.
+_MAX_PER_STATEMENT = 500
+#: Notifications kept while PostgreSQL is unreachable; older ones are dropped (receivers read
+#: the log when they notice the gap).
+_MAX_QUEUED = 10_000
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', payload) FROM unnest(%s::text[]) AS payload"
+
+
+class PostgresFanout(Fanout):
+    def __init__(self, database_url: str, *, answer_timeout: float = 10.0) -> None:
+        super().__init__()
+        self._conninfo = libpq_url(database_url)
+        self._connect = answer_bounded_connector(answer_timeout)
+        self._tcp = tcp_parameters(answer_timeout)
+        #: How long the listener waits for a notification before checking its connection.
+        self._check_seconds = min(5.0, answer_timeout / 2)
+        self._queue: deque[str] = deque(maxlen=_MAX_QUEUED)
+        self._queued = asyncio.Event()
+        self._sent = asyncio.Event()
+        self._sent.set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._send_forever(), name="fanout-notify"),
+            asyncio.create_task(self._listen_forever(), name="fanout-listen"),
+        ]
+
+    async def stop(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._sent.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def publish_committed(self, commits: Mapping[str, tuple[int, Sequence[bytes]]]) -> None:
+        for room_id, (first, updates) in commits.items():
+            for chunk in committed_chunks(room_id, first, updates, _MAX_PACKED_BYTES):
+                data = "" if chunk.updates is None else _b64(pack_updates(chunk.updates))
+                self._queue.append(f"u|{self.origin}|{room_id}|{chunk.first}|{chunk.last}|{data}")
+        self._wake_sender()
+
+    def publish_awareness(self, room_id: str, payload: bytes) -> None:
+        if len(payload) <= _MAX_PACKED_BYTES:
+            self._queue.append(f"a|{self.origin}|{room_id}|{_b64(payload)}")
+            self._wake_sender()
+
+    async def watch(self, room_id: str) -> None:
+        """One channel carries every room: the listener already hears it."""
+
+    def unwatch(self, room_id: str) -> None:
+        """Messages of rooms not loaded are dropped on arrival."""
+
+    def _wake_sender(self) -> None:
+        self._sent.clear()
+        self._queued.set()
+
+    async def _connection(self, role: str) -> psycopg.AsyncConnection[Any]:
+        """A connection named for `pg_stat_activity`: `collab-server:listen <pid>` (or notify)."""
+        conn: psycopg.AsyncConnection[Any] = await self._connect(
+            self._conninfo,
+            autocommit=True,
+            application_name=f"collab-server:{role} {os.getpid()}",
+            **self._tcp,
+        )
+        return conn
+
+    async def _send_forever(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                async with await self._connection("notify") as conn:
+                    await conn.execute("SET synchronous_commit = off")
+                    delay = 0.05
+                    while True:
+                        await self._queued.wait()
+                        batch = [
+                            self._queue[i] for i in range(min(len(self._queue), _MAX_PER_STATEMENT))
+                        ]
+                        await conn.execute(_NOTIFY, [batch], prepare=True)
+                        for _ in batch:
+                            self._queue.popleft()
+                        if not self._queue:
+                            self._queued.clear()
+            except (psycopg.Error, OSError) as error:
+                logger.warning("fan-out: NOTIFY failed (%s); retrying in %.2f s", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _listen_forever(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                async with await self._connection("listen") as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    delay = 0.05
+                    self._deliver(Resubscribed())
+                    while True:
+                        async for notification in conn.notifies(timeout=self._check_seconds):
+                            self._receive(notification.payload)
+                        await conn.execute("SELECT 1")
+            except (psycopg.Error, OSError) as error:
+                logger.warning("fan-out: LISTEN lost (%s); reconnecting in %.2f s", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _receive(self, payload: str) -> None:
+        kind, origin, rest = payload[:1], payload[2:18], payload[19:]
+        if origin == self.origin:
+            return
+        try:
+            if kind == "u":
+                room_id, first, last, data = rest.split("|")
+                updates = unpack_updates(base64.b64decode(data)) if data else None
+                self._deliver(Committed(room_id, int(first), int(last), updates))
+            elif kind == "a":
+                room_id, data = rest.split("|")
+                self._deliver(AwarenessChanged(room_id, base64.b64decode(data)))
+        except ValueError:
+            logger.error("fan-out: ignored a malformed notification %r", payload[:100])
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
