@@ -22,7 +22,10 @@ COPY pyproject.toml README.md ./
 COPY crdt_store/ crdt_store/
 COPY collab_server/ collab_server/
 COPY --from=web /src/collab_server/web_dist/ collab_server/web_dist/
-RUN pip install --no-cache-dir . && rm -rf /tmp/collab-server
+# The project itself with its Redis extra (COLLAB_REDIS_URL); hadolint takes the extra for an
+# unpinned package from PyPI.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir '.[redis]' && rm -rf /tmp/collab-server
 
 WORKDIR /app
 USER 10001

@@ -8,10 +8,12 @@ from typing import Annotated
 import anyio
 import typer
 import uvicorn
+from fastapi import FastAPI
 from rich.console import Console
+from rich.markup import escape
 
 from crdt_store import StoreUnavailable, upgrade_database
-from crdt_store.urls import redact
+from crdt_store.urls import is_postgresql, redact
 
 from .admin import compact_rooms, render, unreachable_message
 from .app import create_app
@@ -23,16 +25,47 @@ cli = typer.Typer(
 )
 
 
+def app_from_environment() -> FastAPI:
+    """The app as every `serve` process builds it: settings and logging read from the environment.
+
+    uvicorn imports this in each worker, a freshly spawned interpreter: nothing the supervisor set
+    up (its logging included) carries over, so each worker configures itself.
+    """
+    settings = Settings()
+    configure_logging(settings)
+    return create_app(settings)
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (COLLAB_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (COLLAB_PORT).")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Server processes sharing the port. Every worker reads the same COLLAB_* "
+            "settings; more than one needs PostgreSQL.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the server (applies migrations first, retrying until the database is up)."""
     settings = Settings()
     configure_logging(settings)
+    if workers > 1 and not is_postgresql(settings.database_url):
+        # Processes share rooms through PostgreSQL. Beside a SQLite file's one process, a second
+        # would serve its own copy of each room, never relayed.
+        Console(stderr=True).print(
+            f"[red]error:[/red] --workers {workers} needs PostgreSQL (worker processes share "
+            f"rooms through it); COLLAB_DATABASE_URL is {escape(redact(settings.database_url))}"
+        )
+        raise typer.Exit(2)
+    # An import string, even for one worker: uvicorn needs one to start several, and one way of
+    # starting keeps one set of options.
     uvicorn.run(
-        create_app(settings),
+        f"{__name__}:{app_from_environment.__name__}",
+        factory=True,
+        workers=workers,
         host=host or settings.host,
         port=port or settings.port,
         ws_max_size=settings.max_update_bytes,

@@ -137,3 +137,23 @@ def start_server(tmp_path: Path) -> Iterator[ServerFactory]:
 def live_server(database_url: str, start_server: ServerFactory) -> ServerProcess:
     """A real `collab-server serve` process on a free port, on a fresh database."""
     return start_server(database_url)
+
+
+REDIS_URL = os.environ.get("COLLAB_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """Redis for the Redis fan-out (COLLAB_TEST_REDIS_URL); tests keep to namespaces of their
+    own. Without Redis its tests skip with the reason; under CI=true they fail instead."""
+    import redis  # the Redis fan-out's optional dependency: only its tests need it
+
+    try:
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3) as client:
+            client.ping()
+    except redis.RedisError as error:
+        reason = f"Redis not reachable at {REDIS_URL}: {error}".strip()
+        if UNDER_CI:
+            pytest.fail(f"{reason} (CI=true: Redis tests must run)")
+        pytest.skip(reason)
+    return REDIS_URL

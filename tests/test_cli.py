@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from http.client import HTTPConnection
 from pathlib import Path
 
 import anyio
+import pytest
 
 from crdt_store import Store, text_update
+from tests.support.server import ServerProcess, child_pids, is_running
 from tests.test_store import loaded_text, typed_updates
 
 
@@ -115,3 +122,66 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
             await store.close()
 
     assert anyio.run(use) == "ok"
+
+
+def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'collab.sqlite3'}"
+    run = collab_server(url, "serve", "--workers", "2")
+    assert run.returncode == 2
+    assert "error: --workers 2 needs PostgreSQL" in run.stderr
+    assert url in run.stderr
+
+
+@pytest.fixture
+def two_workers(postgres_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(
+        database_url=postgres_url, log_path=tmp_path / "server.log", args=["--workers", "2"]
+    )
+    server.start()
+    yield server
+    server.kill()
+
+
+def ready_pids(server: ServerProcess, *, count: int, timeout: float = 30.0) -> set[int]:
+    """The processes that answered /readyz 200 on fresh connections, until `count` of them had.
+
+    The kernel hands each connection to whichever worker accepts it first, so it takes a few.
+    """
+    pids: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(pids) < count and time.monotonic() < deadline:
+        with closing(HTTPConnection("127.0.0.1", server.port, timeout=5)) as connection:
+            connection.request("GET", "/readyz")
+            response = connection.getresponse()
+            response.read()
+            if response.status == 200:  # 503 from a worker still migrating
+                assert connection.sock is not None
+                pids.add(server.serving_pid(connection.sock))
+    return pids
+
+
+@pytest.mark.postgres
+def test_serve_with_two_workers_answers_from_two_child_processes(
+    two_workers: ServerProcess,
+) -> None:
+    answering = ready_pids(two_workers, count=2)
+    assert len(answering) == 2, two_workers.log()
+    assert two_workers.process is not None
+    assert answering <= child_pids(two_workers.process.pid)
+
+
+@pytest.mark.postgres
+def test_sigterm_to_the_server_shuts_every_worker_down(two_workers: ServerProcess) -> None:
+    assert two_workers.process is not None
+    children = child_pids(two_workers.process.pid)
+    two_workers.terminate()  # raises unless the supervisor exits within 20 s
+    workers = {
+        int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", two_workers.log())
+    }
+    assert len(workers) == 2 and workers <= children
+    for pid in workers:
+        assert f"Finished server process [{pid}]" in two_workers.log()
+    deadline = time.monotonic() + 10
+    while any(map(is_running, children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(is_running, children))

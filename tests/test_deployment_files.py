@@ -1,8 +1,9 @@
-"""The Dockerfile, .dockerignore and docker-compose.yml, checked without a Docker engine.
+"""The Dockerfile, .dockerignore, docker-compose.yml and nginx config, checked without Docker.
 
 The Dockerfile is parsed into instructions and compared with the Makefile and the settings, so
-the image cannot drift from how the project builds and runs elsewhere. hadolint and
-`docker compose config` run when they are installed.
+the image cannot drift from how the project builds and runs elsewhere; the load balancer's nginx
+config is parsed into directives and compared with the compose file and the settings. hadolint,
+`docker compose config` and `nginx -t` run when they are installed.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ import pytest
 import yaml
 
 from collab_server.settings import Settings
+from tests.conftest import UNDER_CI
+from tests.support.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 MAKEFILE = ROOT / "Makefile"
 PORT = Settings.model_fields["port"].default
 
@@ -166,7 +170,7 @@ def test_runtime_stage_installs_the_project_non_editable_without_cache() -> None
         for command in i.args.split("&&")
         if "pip install" in command
     ]
-    assert commands == ["pip install --no-cache-dir ."]
+    assert commands == ["pip install --no-cache-dir '.[redis]'"]
 
 
 def test_final_stage_runs_as_a_non_root_user() -> None:
@@ -323,8 +327,22 @@ def healthcheck_command(name: str) -> list[str]:
     return [str(part) for part in test[1:]]
 
 
+def services_in_profile(profile: str | None) -> set[str]:
+    """The services `docker compose up` starts with no profile (None), or only with `profile`."""
+    return {
+        name
+        for name, definition in compose()["services"].items()
+        if definition.get("profiles", [None]) == [profile]
+    }
+
+
 def test_compose_runs_the_server_and_postgres() -> None:
-    assert set(compose()["services"]) == {"server", "postgres"}
+    assert services_in_profile(None) == {"server", "postgres"}
+
+
+def test_scale_profile_adds_replicas_and_a_balancer() -> None:
+    assert services_in_profile("scale") == {"replica", "balancer"}
+    assert service("replica")["deploy"]["replicas"] == 2
 
 
 def test_server_is_built_from_this_repository_and_published_on_8000() -> None:
@@ -389,6 +407,30 @@ def test_postgres_data_lives_in_the_named_volume_pgdata() -> None:
     assert "pgdata:/var/lib/postgresql/data" in service("postgres")["volumes"]
 
 
+def test_replicas_run_the_server_as_it_is_but_unpublished() -> None:
+    """Same image, database, secrets, healthcheck and stop grace: only the balancer reaches them."""
+    server = {key: value for key, value in service("server").items() if key != "ports"}
+    replica = {key: value for key, value in service("replica").items() if key != "deploy"}
+    assert replica == {**server, "profiles": ["scale"]}
+
+
+def test_balancer_is_nginx_published_on_its_own_port() -> None:
+    balancer = service("balancer")
+    assert balancer["image"].startswith("nginx:")
+    ((host_port, container_port),) = (mapping.split(":") for mapping in balancer["ports"])
+    assert host_port != str(PORT) and container_port == nginx_listen_port()
+
+
+def test_balancer_mounts_deploy_nginx_conf_read_only_as_its_site() -> None:
+    assert service("balancer")["volumes"] == [
+        f"./{NGINX_CONF.relative_to(ROOT)}:/etc/nginx/conf.d/default.conf:ro"
+    ]
+
+
+def test_balancer_starts_once_the_replicas_are_healthy() -> None:
+    assert service("balancer")["depends_on"] == {"replica": {"condition": "service_healthy"}}
+
+
 def test_docker_compose_accepts_the_file() -> None:
     docker = shutil.which("docker")
     if docker is None:
@@ -401,6 +443,138 @@ def test_docker_compose_accepts_the_file() -> None:
     result = subprocess.run(
         [docker, "compose", "-f", str(COMPOSE_FILE), "config", "-q"],
         cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# -- deploy/nginx.conf -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Directive:
+    name: str
+    args: tuple[str, ...]
+    block: tuple[Directive, ...] = ()
+
+
+def parse_nginx(text: str) -> tuple[Directive, ...]:
+    """Directives in order, blocks nested: comments dropped, quotes removed."""
+    tokens = (
+        token
+        for token in re.findall(r"'[^']*'|\"[^\"]*\"|#[^\n]*|[{};]|[^\s{};'\"#]+", text)
+        if not token.startswith("#")
+    )
+
+    def directives(inside_block: bool) -> tuple[Directive, ...]:
+        found: list[Directive] = []
+        words: list[str] = []
+        for token in tokens:
+            if token == "}":
+                assert inside_block and not words, "unbalanced } or a directive without ;"
+                return tuple(found)
+            if token in (";", "{"):
+                assert words, f"{token} without a directive"
+                block = directives(inside_block=True) if token == "{" else ()
+                found.append(Directive(words[0], tuple(words[1:]), block))
+                words = []
+            else:
+                words.append(token[1:-1] if token[0] in "'\"" else token)
+        assert not inside_block and not words, "the config ends inside a block or a directive"
+        return tuple(found)
+
+    return directives(inside_block=False)
+
+
+@cache
+def nginx_conf() -> tuple[Directive, ...]:
+    return parse_nginx(NGINX_CONF.read_text())
+
+
+def nginx_directive(name: str, within: tuple[Directive, ...] | None = None) -> Directive:
+    """The one directive `name` at the top of the config, or in the block `within`."""
+    (found,) = [d for d in (nginx_conf() if within is None else within) if d.name == name]
+    return found
+
+
+def nginx_location() -> tuple[Directive, ...]:
+    """The one `location /` of the one server: everything goes to the replicas."""
+    location = nginx_directive("location", nginx_directive("server").block)
+    assert location.args == ("/",)
+    return location.block
+
+
+def nginx_listen_port() -> str:
+    return nginx_directive("listen", nginx_directive("server").block).args[0]
+
+
+def nginx_seconds(value: str) -> float:
+    """An nginx time (`300s`, `5m`, `2`) in seconds."""
+    match = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", value)
+    assert match, f"not a single-unit nginx time: {value}"
+    number, unit = match.groups()
+    return int(number) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit or "s"]
+
+
+def proxy_headers() -> dict[str, str]:
+    return {d.args[0].lower(): d.args[1] for d in nginx_location() if d.name == "proxy_set_header"}
+
+
+def test_balancer_passes_websocket_upgrades_on() -> None:
+    upgrade_map = nginx_directive("map")
+    assert upgrade_map.args == ("$http_upgrade", "$connection_upgrade")
+    assert {d.name: d.args for d in upgrade_map.block} == {"default": ("upgrade",), "": ("close",)}
+    assert nginx_directive("proxy_http_version", nginx_location()).args == ("1.1",)
+    assert proxy_headers()["upgrade"] == "$http_upgrade"
+    assert proxy_headers()["connection"] == "$connection_upgrade"
+
+
+def test_balancer_keeps_idle_websockets_open_past_a_ping_and_its_timeout() -> None:
+    """The server may go silent on a socket for a ping interval plus the wait for its pong."""
+    (timeout,) = nginx_directive("proxy_read_timeout", nginx_location()).args
+    defaults = Settings.model_fields
+    silent = defaults["ws_ping_interval"].default + defaults["ws_ping_timeout"].default
+    assert nginx_seconds(timeout) > silent
+
+
+def test_balancer_resolves_the_replicas_through_docker_dns_at_run_time() -> None:
+    """A name through a variable is resolved per request, not once: every replica is used."""
+    assert nginx_directive("resolver").args[0] == "127.0.0.11"
+    (target,) = nginx_directive("proxy_pass", nginx_location()).args
+    variable = re.fullmatch(r"http://\$(\w+)", target)
+    assert variable, f"proxy_pass {target}: name the replicas through a variable"
+    assignment = nginx_directive("set", nginx_location()).args
+    assert assignment == (f"${variable[1]}", f"replica:{PORT}")
+
+
+def test_balancer_gives_up_on_a_gone_replica_within_seconds() -> None:
+    """A replica that is gone or hung may leave a connection unanswered rather than refuse it:
+    its clients must not wait nginx's default 60 s before they are sent to another."""
+    (timeout,) = nginx_directive("proxy_connect_timeout", nginx_location()).args
+    assert nginx_seconds(timeout) <= 5
+
+
+def test_nginx_accepts_the_balancer_config(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx")
+    if nginx is None:
+        reason = "nginx is not installed (apt-get install nginx)"
+        if UNDER_CI:
+            pytest.fail(f"{reason}; CI=true: .ci/run installs it")
+        pytest.skip(reason)
+    # The site as the image includes it, listening on a free port: no root, no clash on port 80.
+    site = NGINX_CONF.read_text()
+    listen = f"listen {nginx_listen_port()};"
+    assert site.count(listen) == 1
+    (tmp_path / "site.conf").write_text(site.replace(listen, f"listen 127.0.0.1:{free_port()};"))
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\n"
+        "events {}\n"
+        f"http {{ access_log off; include {tmp_path}/site.conf; }}\n"
+    )
+    result = subprocess.run(
+        [nginx, "-t", "-q", "-e", "stderr", "-c", str(tmp_path / "nginx.conf")],
         capture_output=True,
         text=True,
         timeout=60,

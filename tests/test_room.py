@@ -220,3 +220,20 @@ async def test_an_own_commit_after_rows_not_yet_heard_of_ends_with_both_applied(
             room.receive_committed(elsewhere)
             await wait_text(room, await loaded_text(store, record.id))
             assert room.head == 2
+
+
+async def test_a_room_deleted_by_another_process_closes_its_clients_at_the_head_check(
+    sqlite_url: str,
+) -> None:
+    settings = Settings(database_url=sqlite_url, fanout_check_seconds=0.1)
+    async with running_manager(settings) as (manager, store):
+        record = await store.create_room(name="r", language="plaintext")
+        room = await manager.get_room(record.id)
+        client, socket = memory_connection(record.id)
+        async with serving(room, client):
+            await store.delete_room(record.id)
+            with anyio.fail_after(5):
+                while socket.close_code is None:
+                    await anyio.sleep(0.01)
+        assert socket.close_code == CloseCode.ROOM_NOT_FOUND
+        assert room.poisoned

@@ -118,14 +118,16 @@ class PostgresFanout(Fanout):
                     delay = 0.05
                     while True:
                         await self._queued.wait()
-                        batch = [
-                            self._queue[i] for i in range(min(len(self._queue), _MAX_PER_STATEMENT))
-                        ]
-                        await conn.execute(_NOTIFY, [batch], prepare=True)
-                        for _ in batch:
-                            self._queue.popleft()
+                        count = min(len(self._queue), _MAX_PER_STATEMENT)
+                        batch = [self._queue.popleft() for _ in range(count)]
+                        try:
+                            await conn.execute(_NOTIFY, [batch], prepare=True)
+                        except BaseException:
+                            self._queue.extendleft(reversed(batch))
+                            raise
                         if not self._queue:
                             self._queued.clear()
+                            self._sent.set()
             except (psycopg.Error, OSError) as error:
                 logger.warning("fan-out: NOTIFY failed (%s); retrying in %.2f s", error, delay)
                 await asyncio.sleep(delay)
