@@ -39,3 +39,12 @@ COMPACTIONS = Counter("collab_compactions_total", "Compactions run by the server
 FRAMES_REJECTED = Counter(
     "collab_frames_rejected_total", "Frames refused, closing their sender.", ["reason"]
 )
+ROWS_FROM_OTHER_PROCESSES = Counter(
+    "collab_rows_from_other_processes_total",
+    "Log rows other processes committed, applied to rooms loaded here.",
+)
+CATCH_UPS = Counter(
+    "collab_catch_ups_total",
+    "Reads of a loaded room's log for rows its fan-out did not deliver in time.",
+    ["reason"],
+)

@@ -141,7 +141,8 @@ class CollabRoom(YRoom):
         #: Set while the document is rebuilt from the store: other processes' rows wait.
         self._reloading = False
         self._catch_up_task: asyncio.Task[None] | None = None
-        self._catch_up_forced = False
+        #: Why the log must be read whether the room looks behind or not (None: only if it does).
+        self._catch_up_forced: str | None = None
         #: The store's head seen at the last check while this room was behind it.
         self._lagging_to: int | None = None
         self._pending: list[tuple[bytes, Connection]] = []
@@ -529,9 +530,9 @@ class CollabRoom(YRoom):
         self._cursor.add(Span(event.first, event.last, event.updates))
         self._advance()
 
-    def catch_up(self) -> None:
+    def catch_up(self, reason: str) -> None:
         """Read the log after `head` now (messages may have been lost)."""
-        self._catch_up_forced = True
+        self._catch_up_forced = reason
         self._schedule_catch_up(0.0)
 
     def check_head(self, stored_head: int | None) -> None:
@@ -541,7 +542,7 @@ class CollabRoom(YRoom):
             self._deleted()
             return
         if self._lagging_to is not None and self.head < self._lagging_to:
-            self.catch_up()
+            self.catch_up("head check")
         self._lagging_to = stored_head if stored_head > self.head else None
 
     def _advance(self) -> None:
@@ -563,7 +564,8 @@ class CollabRoom(YRoom):
         try:
             await asyncio.sleep(wait)
             if self._catch_up_forced or self._cursor.behind:
-                self._catch_up_forced = False
+                metrics.CATCH_UPS.labels(self._catch_up_forced or "gap").inc()
+                self._catch_up_forced = None
                 after = self.head
                 state = await self._retrying("catch up", lambda: self._read_log(after))
                 if not self._reloading:
@@ -599,6 +601,7 @@ class CollabRoom(YRoom):
             if integrated:
                 self._full_update = None
                 self._relay([(None, update) for update in integrated])
+        metrics.ROWS_FROM_OTHER_PROCESSES.inc(len(updates))
         self._count_log_rows(updates)
         if self._compactor.due(self.log_updates, self.log_bytes):
             self._compactor.request(self.room_id, self._compacted)

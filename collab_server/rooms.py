@@ -131,7 +131,7 @@ class RoomManager(WebsocketServer):
         """A fan-out event from another process, for the room it names if loaded here."""
         if isinstance(event, Resubscribed):
             for room in self.rooms.values():
-                room.catch_up()
+                room.catch_up("reconnect")
             for arriving in self._arriving.values():
                 arriving.append(event)
             return
@@ -148,7 +148,7 @@ class RoomManager(WebsocketServer):
         elif isinstance(event, AwarenessChanged):
             room.receive_awareness(event.payload)
         else:
-            room.catch_up()
+            room.catch_up("reconnect")
 
     async def _check_heads_forever(self) -> None:
         while True:
