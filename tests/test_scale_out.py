@@ -170,6 +170,30 @@ async def test_awareness_reaches_the_clients_of_other_processes(processes: Proce
 
 @pytest.mark.node
 @pytest.mark.parametrize("fanout_env", ["postgresql"], indirect=True)
+async def test_processes_compacting_a_room_they_all_serve_stay_in_step(
+    processes: Processes,
+) -> None:
+    # Compactions every 40 rows, by whichever process gets the room's lock first; a process
+    # left behind a snapshot catches up from it. A late process loads the result cold.
+    servers = processes(3, COLLAB_COMPACT_AFTER_UPDATES="40")
+    room_id = create_room(servers[0])
+    clients = [await synced_client(server, room_id) for server in servers[:2]]
+    try:
+        async with anyio.create_task_group() as typing:
+            for seed, client in enumerate(clients):
+                typing.start_soon(client.type_random, 200, seed, 2)
+        for client in clients:
+            await client.wait_length(400, timeout=20)
+        text = await clients[0].text()
+        assert await clients[1].text() == text
+        for server in servers:
+            await wait_rest_content(server, room_id, text)
+    finally:
+        await close_all(clients)
+
+
+@pytest.mark.node
+@pytest.mark.parametrize("fanout_env", ["postgresql"], indirect=True)
 async def test_a_process_whose_listen_connection_is_terminated_catches_up(
     processes: Processes, postgres_url: str
 ) -> None:
