@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test install web node-deps bench-deps lint bench-smoke bench
+.PHONY: serve test install web node-deps bench-deps lint bench-smoke bench bench-scaleout
 
 serve: install web
 	$(BIN)/collab-server serve
@@ -50,3 +50,8 @@ bench-smoke: install
 # The side-by-side suite (several minutes; writes the Servers section of docs/benchmarks.md).
 bench: install bench-deps
 	$(BIN)/python -m bench.suite
+
+# 1, 2 and 3 server processes on one database, PostgreSQL and Redis fan-out (a few minutes;
+# needs PostgreSQL and Redis; writes the Scale-out section of docs/benchmarks.md).
+bench-scaleout: install bench-deps
+	$(BIN)/python -m bench.scaleout

@@ -62,6 +62,10 @@ class Role:
         finally:
             await role.close()
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def command(self, cmd: str, **fields: Any) -> None:
         assert self._process.stdin is not None
         if not self._process.stdin.is_closing():
@@ -118,8 +122,10 @@ class Role:
 
 
 def client_config(server: BenchServer, role: str, **fields: Any) -> dict[str, Any]:
-    """A role's configuration for `clients.mjs`: which server, which protocol, what to do."""
-    return {"role": role, "server": {"kind": server.spec.protocol, "url": server.url}, **fields}
+    """A role's configuration for `clients.mjs`: which server (all its processes' URLs: a room's
+    clients are spread over them), which protocol, what to do."""
+    urls = list(server.urls)
+    return {"role": role, "server": {"kind": server.spec.protocol, "urls": urls}, **fields}
 
 
 @dataclass(frozen=True)

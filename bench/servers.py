@@ -1,5 +1,6 @@
-"""The servers the suite compares, each started on loopback in its own process, and what they
-cost: CPU seconds and memory from `/proc/<pid>`, plus the PostgreSQL backends serving ours.
+"""The servers the suite compares, each started on loopback in its own process (ours also as
+several processes on one database), and what they cost: CPU seconds and memory from
+`/proc/<pid>`, plus the PostgreSQL backends (and Redis) serving ours.
 
     with start("reference") as server:      # a name from SERVERS
         room = await server.room("replay")  # the id clients join
@@ -19,10 +20,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import psycopg
@@ -68,18 +70,21 @@ NODE_PACKAGES = (
 
 @dataclass(frozen=True)
 class Usage:
-    """CPU seconds (user + system, waited-for children included) and memory in bytes."""
+    """CPU seconds (user + system, waited-for children included) and memory in bytes, summed
+    over the server's processes."""
 
     cpu: float
-    #: The PostgreSQL backends serving the server's database (0 for the others).
-    database_cpu: float
+    #: The services ours stores in and relays through: the PostgreSQL backends serving its
+    #: database, and Redis when its processes relay through it (0 for the others).
+    services_cpu: float
     rss: int
-    #: Peak resident memory since the last `reset_peak()` (VmHWM).
+    #: Peak resident memory since the last `reset_peak()` (VmHWM; of several processes, the
+    #: sum of their peaks).
     peak: int
 
     def __sub__(self, before: Usage) -> Usage:
         return Usage(
-            self.cpu - before.cpu, self.database_cpu - before.database_cpu, self.rss, self.peak
+            self.cpu - before.cpu, self.services_cpu - before.services_cpu, self.rss, self.peak
         )
 
 
@@ -162,27 +167,68 @@ class DatabaseCpu:
             return sum(self._last[pid] - self._first[pid] for pid in self._last)
 
 
+class RedisCpu:
+    """CPU of the Redis server (`INFO cpu`: user + system of the whole server, so also of any
+    other client it serves meanwhile)."""
+
+    def __init__(self, redis_url: str) -> None:
+        import redis  # like the Redis fan-out, an optional dependency: only its runs need it
+
+        self._client = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+
+    def __enter__(self) -> RedisCpu:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._client.close()
+
+    def seconds(self) -> float:
+        info = self._client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+class CpuMeter(Protocol):
+    """A service's CPU (`DatabaseCpu`, `RedisCpu`): `BenchServer` sums them into
+    `Usage.services_cpu`."""
+
+    def seconds(self) -> float:
+        """CPU seconds spent so far."""
+        ...
+
+
 class BenchServer:
-    """A started server: where clients connect, how rooms are made, what it has used."""
+    """A started server, one process or several serving one database: where clients connect,
+    how rooms are made, what it has used (summed over its processes)."""
 
     def __init__(
         self,
         spec: ServerSpec,
-        pid: int,
-        url: str,
+        pids: Sequence[int],
+        urls: Sequence[str],
         *,
-        http_url: str | None = None,
+        http_urls: Sequence[str] = (),
         database_url: str | None = None,
-        database: DatabaseCpu | None = None,
+        services: Sequence[CpuMeter] = (),
     ) -> None:
         self.spec = spec
-        self.pid = pid
-        #: What the client passes its provider: y-websocket's base URL, Hocuspocus's URL.
-        self.url = url
-        #: Ours only: its REST API and its (scratch) database.
-        self.http_url = http_url
+        self.pids = tuple(pids)
+        #: What the client passes its provider, one a process: y-websocket's base URL,
+        #: Hocuspocus's URL.
+        self.urls = tuple(urls)
+        #: Ours only: each process's REST API (and /metrics), and its (scratch) database.
+        self.http_urls = tuple(http_urls)
         self.database_url = database_url
-        self._database = database
+        self._services = tuple(services)
+
+    @property
+    def url(self) -> str:
+        """The first process's URL (the only one of a single process)."""
+        return self.urls[0]
+
+    @property
+    def http_url(self) -> str | None:
+        """Ours: the first process's REST API (where rooms are made)."""
+        return self.http_urls[0] if self.http_urls else None
 
     async def room(self, name: str) -> str:
         """The id a client joins: ours creates rooms over REST, the peers on first join."""
@@ -197,12 +243,17 @@ class BenchServer:
             return room_id
 
     def usage(self) -> Usage:
-        rss, peak = process_memory(self.pid)
-        database = self._database.seconds() if self._database else 0.0
-        return Usage(process_cpu(self.pid), database, rss, peak)
+        memory = [process_memory(pid) for pid in self.pids]
+        return Usage(
+            sum(process_cpu(pid) for pid in self.pids),
+            sum(meter.seconds() for meter in self._services),
+            sum(rss for rss, _ in memory),
+            sum(peak for _, peak in memory),
+        )
 
     def reset_peak(self) -> None:
-        reset_peak(self.pid)
+        for pid in self.pids:
+            reset_peak(pid)
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -243,35 +294,49 @@ def _peer(command: list[str], env: dict[str, str], log: Path) -> Iterator[tuple[
 
 @contextmanager
 def start(
-    name: str, *, postgres_url: str, env: dict[str, str] | None = None
+    name: str, *, postgres_url: str, env: dict[str, str] | None = None, processes: int = 1
 ) -> Iterator[BenchServer]:
     """Start the server `name` (a key of SERVERS) fresh; stop it at exit.
 
     Ours gets a scratch database of its own (`postgres_url`'s server, or a SQLite file) and
-    `env` on top of OUR_ENV.
+    `env` on top of OUR_ENV; on PostgreSQL it may run as several `processes` sharing that
+    database (each relays the others' commits: PostgreSQL NOTIFY, or Redis Streams when `env`
+    holds COLLAB_REDIS_URL).
     """
     spec = SERVERS[name]
+    if processes > 1 and spec.database != "postgres":
+        raise ValueError(f"{name} runs as one process only")
     with ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-srv-")))
-        log = directory / "server.log"
         if spec.database is not None:
             url = stack.enter_context(
                 scratch_database("sqlite" if spec.database == "sqlite" else postgres_url)
             )
-            server = ServerProcess(database_url=url, log_path=log, env={**OUR_ENV, **(env or {})})
-            server.start(timeout=60)
-            stack.callback(server.terminate)
-            assert server.process is not None
-            database = None
+            our_env = {**OUR_ENV, **(env or {})}
+            servers = [
+                ServerProcess(database_url=url, log_path=directory / f"server-{i}.log", env=our_env)
+                for i in range(processes)
+            ]
+            for server in servers:  # all starting at once, then each waited for
+                server.start(wait_ready=False)
+                stack.callback(server.terminate)
+            pids = []
+            for server in servers:
+                server.wait_ready(timeout=60)
+                assert server.process is not None
+                pids.append(server.process.pid)
+            services: list[CpuMeter] = []
             if spec.database == "postgres":
-                database = stack.enter_context(DatabaseCpu(url))
+                services.append(stack.enter_context(DatabaseCpu(url)))
+            if redis_url := our_env.get("COLLAB_REDIS_URL"):
+                services.append(stack.enter_context(RedisCpu(redis_url)))
             yield BenchServer(
                 spec,
-                server.process.pid,
-                server.ws_url,
-                http_url=server.http_url,
+                pids,
+                [server.ws_url for server in servers],
+                http_urls=[server.http_url for server in servers],
                 database_url=url,
-                database=database,
+                services=services,
             )
             return
         if name == "reference":
@@ -281,8 +346,8 @@ def start(
         else:
             command = [sys.executable, "-m", "bench.pycrdt_peer"]
         pythonpath = {"PYTHONPATH": str(PEERS.parents[1])}
-        pid, port = stack.enter_context(_peer(command, pythonpath, log))
-        yield BenchServer(spec, pid, f"ws://127.0.0.1:{port}")
+        pid, port = stack.enter_context(_peer(command, pythonpath, directory / "server.log"))
+        yield BenchServer(spec, [pid], [f"ws://127.0.0.1:{port}"])
 
 
 def node_versions() -> dict[str, str]:

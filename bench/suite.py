@@ -40,7 +40,15 @@ from bench.client import join, wait_until_loaded
 from bench.common import DEFAULT_POSTGRES_URL, environment, median, ratio, update_docs_section
 from bench.compaction import CREDITS, LICENCE, SERVER_ENV, duration
 from bench.harness import Role, Workload, build_workload, client_config, read_updates
-from bench.servers import NODE_PACKAGES, REFERENCE, SERVERS, BenchServer, node_versions, start
+from bench.servers import (
+    NODE_PACKAGES,
+    REFERENCE,
+    SERVERS,
+    BenchServer,
+    node_versions,
+    process_cpu,
+    start,
+)
 from crdt_store import Store, compact_room
 from tests.support.traces import TRACES
 
@@ -83,6 +91,23 @@ SMOKE_REPLAY = (ReplayVariant(1, True), ReplayVariant(2, False))
 
 
 @dataclass(frozen=True)
+class Typing:
+    """A fan-out load: `rooms` x `clients` typists, each at a rate drawn from `rate`
+    (keystrokes per second) for `seconds`, or until `keystrokes` each."""
+
+    rooms: int
+    clients: int
+    seconds: float
+    rate: tuple[float, float]
+    keystrokes: int | None = None
+
+    @property
+    def max_keystrokes(self) -> int:
+        """Keystrokes of each client at most (the size of its table of keystroke times)."""
+        return self.keystrokes or int(self.seconds * self.rate[1] * 2) + 16
+
+
+@dataclass(frozen=True)
 class Sizes:
     """How big each scenario runs: the full suite, or the smoke version CI runs."""
 
@@ -115,7 +140,8 @@ SMOKE = Sizes(2_000, SMOKE_REPLAY, 300, ((2, 2),), 2, (5, 10), 5, 1, 3, 5, 60, F
 @dataclass(frozen=True)
 class Cost:
     cpu: float
-    database_cpu: float
+    #: Of the PostgreSQL backends (and Redis) serving ours: `Usage.services_cpu`.
+    services_cpu: float
     peak: int
 
 
@@ -135,9 +161,15 @@ class Fanout:
     converged: int
     keystrokes: int
     latencies: list[float]
+    #: The latencies between clients of different server processes (none of one process).
+    cross_latencies: list[float]
     #: From the last keystroke until every room held the same text.
     settle_seconds: float
+    #: From the start of the typing until every room held the same text.
+    seconds: float
     cost: Cost
+    #: CPU seconds of the client processes meanwhile (they share the machine's cores).
+    client_cpu: float
 
 
 @dataclass(frozen=True)
@@ -190,7 +222,7 @@ class Measure:
 
     def cost(self) -> Cost:
         spent = self.server.usage() - self._before
-        return Cost(spent.cpu, spent.database_cpu, spent.peak)
+        return Cost(spent.cpu, spent.services_cpu, spent.peak)
 
 
 async def replay(
@@ -241,22 +273,23 @@ async def replay(
     return Replay(converged, seconds, wrote["edits"], cost, wrote["waits"])
 
 
-async def fanout(
-    server: BenchServer, sizes: Sizes, rooms: int, clients: int, seed: int = 7
-) -> Fanout:
-    """`rooms` x `clients` typists; latency from each keystroke to each other client's doc."""
-    ids = [await server.room(f"fanout-{rooms}x{clients}-{i}") for i in range(rooms)]
+async def fanout(server: BenchServer, load: Typing, within: float, seed: int = 7) -> Fanout:
+    """`load.rooms` x `load.clients` typists (spread over the server's processes); latency from
+    each keystroke to each other client's doc."""
+    rooms, clients = load.rooms, load.clients
+    name = f"fanout-{rooms}x{clients}-{load.rate[1]:g}"
+    ids = [await server.room(f"{name}-{i}") for i in range(rooms)]
     # Two client processes for many rooms: a room's clients share one, so keystroke and
     # arrival times come from one clock.
     groups = [ids[i::2] for i in range(2)] if rooms >= 10 else [ids]
-    low, high = sizes.typing_rate
+    low, high = load.rate
     config = {
         "clientsPerRoom": clients,
-        "seconds": sizes.fanout_seconds,
+        "seconds": load.seconds,
         "minRate": low,
         "maxRate": high,
-        "maxKeystrokes": int(sizes.fanout_seconds * high * 2) + 16,
-        "timeoutMs": sizes.timeout * 1e3,
+        "maxKeystrokes": load.max_keystrokes,
+        "timeoutMs": within * 1e3,
     }
     async with AsyncExitStack() as stack:
         roles = [
@@ -266,21 +299,25 @@ async def fanout(
             for i, group in enumerate(groups)
         ]
         for role in roles:
-            await role.event("ready", sizes.timeout)
+            await role.event("ready", within)
         measure = Measure(server)
+        clients_before = sum(process_cpu(role.pid) for role in roles)
         for role in roles:
             role.command("start")
-        wait = sizes.fanout_seconds + sizes.timeout
-        done = await asyncio.gather(*(role.event("done", wait) for role in roles))
+        done = await asyncio.gather(*(role.event("done", load.seconds + within) for role in roles))
         cost = measure.cost()
+        client_cpu = sum(process_cpu(role.pid) for role in roles) - clients_before
+    converged_at = max(d["convergedAt"] for d in done)
     return Fanout(
         rooms=rooms,
         converged=sum(d["converged"] for d in done),
         keystrokes=sum(d["keystrokes"] for d in done),
         latencies=sorted(ms for d in done for ms in d["latencies"]),
-        settle_seconds=(max(d["convergedAt"] for d in done) - max(d["typedAt"] for d in done))
-        / 1e3,
+        cross_latencies=sorted(ms for d in done for ms in d["crossLatencies"]),
+        settle_seconds=(converged_at - max(d["typedAt"] for d in done)) / 1e3,
+        seconds=(converged_at - min(d["startedAt"] for d in done)) / 1e3,
         cost=cost,
+        client_cpu=client_cpu,
     )
 
 
@@ -419,13 +456,13 @@ async def idle(server: BenchServer, sizes: Sizes) -> Idle:
 # -- the run --------------------------------------------------------------------------------
 
 
-async def attempt(results: Results, what: str, run: Awaitable[Any]) -> Any:
-    """Run one measurement; a failure is recorded and reported, the suite goes on."""
+async def attempt(failures: list[str], what: str, run: Awaitable[Any]) -> Any:
+    """Run one measurement; a failure is recorded in `failures` and reported, the run goes on."""
     try:
         return await run
     except Exception as error:  # any failure of a run is a result to report
         first_line = str(error).splitlines()[0] if str(error) else ""
-        results.failures.append(f"{what}: {type(error).__name__}: {first_line}")
+        failures.append(f"{what}: {type(error).__name__}: {first_line}")
         print(f"FAILED {what}: {error}", file=sys.stderr)
         return None
 
@@ -467,29 +504,32 @@ async def run_scenario(scenario: str, server: BenchServer, work: Workload, r: Re
             if variant.servers is not None and name not in variant.servers:
                 continue
             what = f"replay ({variant.describe(sizes.max_lead)}) on {name}"
-            if found := await attempt(r, what, replay(server, work, sizes, variant)):
+            if found := await attempt(r.failures, what, replay(server, work, sizes, variant)):
                 r.replay.setdefault(variant, {})[name] = found
     elif scenario == "fanout":
         for rooms, clients in sizes.fanout:
-            found = await attempt(
-                r, f"fanout {rooms}x{clients} on {name}", fanout(server, sizes, rooms, clients)
-            )
-            if found:
+            load = Typing(rooms, clients, sizes.fanout_seconds, sizes.typing_rate)
+            what = f"fanout {rooms}x{clients} on {name}"
+            if found := await attempt(r.failures, what, fanout(server, load, sizes.timeout)):
                 r.fanout.setdefault((rooms, clients), {})[name] = found
     elif scenario == "join":
-        if found := await attempt(r, f"join storm on {name}", storm(server, work, sizes)):
+        if found := await attempt(r.failures, f"join storm on {name}", storm(server, work, sizes)):
             r.storm[name] = found
     elif scenario == "cold":
-        if found := await attempt(r, f"cold open on {name}", cold_open(server, work, sizes)):
+        if found := await attempt(
+            r.failures, f"cold open on {name}", cold_open(server, work, sizes)
+        ):
             r.cold[name] = found
-    elif scenario == "idle" and (found := await attempt(r, f"idle on {name}", idle(server, sizes))):
+    elif scenario == "idle" and (
+        found := await attempt(r.failures, f"idle on {name}", idle(server, sizes))
+    ):
         r.idle[name] = found
 
 
 # -- the report -----------------------------------------------------------------------------
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return [*lines, ""]
@@ -530,7 +570,7 @@ def yes(flag: bool) -> str:
 
 
 def with_database(cost: Cost) -> float:
-    return cost.cpu + cost.database_cpu
+    return cost.cpu + cost.services_cpu
 
 
 def cpu_cells(cost: Cost, count: int, reference: tuple[Cost, int] | None) -> list[str]:
@@ -538,7 +578,7 @@ def cpu_cells(cost: Cost, count: int, reference: tuple[Cost, int] | None) -> lis
     reference server's (`cpu_headers`)."""
     cpu = per_update_us(cost.cpu, count)
     ref_cpu = per_update_us(reference[0].cpu, reference[1]) if reference else float("nan")
-    if not cost.database_cpu:
+    if not cost.services_cpu:
         return [micro(cpu), ratio(cpu, ref_cpu), "-", "-"]
     both = per_update_us(with_database(cost), count)
     return [micro(cpu), ratio(cpu, ref_cpu), micro(both), ratio(both, ref_cpu)]
@@ -567,7 +607,7 @@ def replay_section(r: Results) -> list[str]:
                     megabytes(run.cost.peak),
                 ]
             )
-        lines += _table(
+        lines += table(
             [
                 "server",
                 "converged",
@@ -614,7 +654,7 @@ def fanout_section(r: Results) -> list[str]:
                     megabytes(run.cost.peak),
                 ]
             )
-        lines += _table(
+        lines += table(
             [
                 "server",
                 "rooms converged",
@@ -653,7 +693,7 @@ def storm_section(r: Results) -> list[str]:
         f"{r.sizes.storm} clients join at once a room holding the trace's final document "
         "(put there as one update by a client that stays connected).",
         "",
-        *_table(
+        *table(
             [
                 "server",
                 "clients with the whole text",
@@ -702,9 +742,7 @@ def cold_section(r: Results, work: Workload) -> list[str]:
         "a room they still hold, measured the same way (Hocuspocus is left out: the Python "
         "client speaks the y-websocket protocol only).",
         "",
-        *_table(
-            ["server", "log, not compacted", "compacted", "after/before", "text matched"], rows
-        ),
+        *table(["server", "log, not compacted", "compacted", "after/before", "text matched"], rows),
     ]
 
 
@@ -729,7 +767,7 @@ def idle_section(r: Results) -> list[str]:
         f"Resident memory growth: {r.sizes.idle_rooms} rooms of one client and 1,000 "
         f"characters each, then {r.sizes.idle_connections} idle clients of one more room.",
         "",
-        *_table(
+        *table(
             [
                 "server",
                 "RSS at start",
@@ -786,7 +824,7 @@ def targets_section(r: Results) -> list[str]:
     return [
         "### Targets (issue #7), ours on PostgreSQL",
         "",
-        *_table(["target", "measured", "met"], rows),
+        *table(["target", "measured", "met"], rows),
     ]
 
 

@@ -10,6 +10,7 @@ read instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -52,6 +53,16 @@ class LogCursor:
             del self._ahead[span.first]
             self.head = span.last
         return runs
+
+    def not_applied(self, first: int, updates: Sequence[bytes]) -> list[bytes]:
+        """Of the rows `first..` read from the log, those the document lacks: all but this
+        process's own commits waiting above a gap."""
+        applied = [span for span in self._ahead.values() if span.applied]
+        return [
+            update
+            for seq, update in enumerate(updates, start=first)
+            if not any(span.first <= seq <= span.last for span in applied)
+        ]
 
     def caught_up(self, head: int) -> None:
         """The document now holds every row up to `head` (read from the log): forget what that

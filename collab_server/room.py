@@ -561,17 +561,22 @@ class CollabRoom(YRoom):
             )
 
     async def _catch_up(self, wait: float) -> None:
+        waited_from = self.head
         try:
             await asyncio.sleep(wait)
-            if self._catch_up_forced or self._cursor.behind:
+            # Behind now is not enough: with several processes writing, a new gap is nearly
+            # always in flight. Only a gap that nothing filled for the whole wait is read.
+            stalled = self._cursor.behind and self.head == waited_from
+            if self._catch_up_forced or stalled:
                 metrics.CATCH_UPS.labels(self._catch_up_forced or "gap").inc()
                 self._catch_up_forced = None
                 after = self.head
                 state = await self._retrying("catch up", lambda: self._read_log(after))
                 if not self._reloading:
-                    self._apply_committed(
-                        [state.snapshot, *state.updates] if state.snapshot else state.updates
-                    )
+                    if state.snapshot is not None:
+                        self._apply_committed([state.snapshot, *state.updates])
+                    else:
+                        self._apply_committed(self._cursor.not_applied(after + 1, state.updates))
                     self._cursor.caught_up(state.head)
         except RoomNotFound:
             self._deleted()

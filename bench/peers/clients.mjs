@@ -1,7 +1,8 @@
-// The client side of bench/suite.py: one Node process plays one role of a scenario (a trace
-// writer, an observer, a group of typists, a join storm, idle connections) against any server.
-// Every server speaking the y-websocket protocol gets the same client, the stock y-websocket
-// WebsocketProvider; Hocuspocus gets its own HocuspocusProvider. Driven by bench/harness.py.
+// The client side of bench/suite.py and bench/scaleout.py: one Node process plays one role of a
+// scenario (a trace writer, an observer, a group of typists, a join storm, idle connections)
+// against any server. Every server speaking the y-websocket protocol gets the same client, the
+// stock y-websocket WebsocketProvider; Hocuspocus gets its own HocuspocusProvider. Driven by
+// bench/harness.py.
 //
 //   node clients.mjs '<json config>'
 //
@@ -52,11 +53,15 @@ readline.createInterface({ input: process.stdin })
 
 /**
  * A Y.Doc joined to `room` on the server; `synced` resolves once the server's state arrived.
- * y-websocket: BroadcastChannel off, or clients of one room in this process would sync
- * each other without the server.
+ * A server of several processes (`config.server.urls`) is joined at process `slot` modulo
+ * their number. y-websocket: BroadcastChannel off, or clients of one room in this process
+ * would sync each other without the server.
  */
-const join = (room, doc = new Y.Doc()) => {
-  const { kind, url } = config.server
+const join = (room, slot = 0) => {
+  const { kind, urls } = config.server
+  const serverProcess = slot % urls.length
+  const url = urls[serverProcess]
+  const doc = new Y.Doc()
   let provider
   const synced = new Promise((resolve) => {
     if (kind === 'hocuspocus') {
@@ -68,7 +73,7 @@ const join = (room, doc = new Y.Doc()) => {
       provider.on('sync', (isSynced) => { if (isSynced) resolve() })
     }
   })
-  return { doc, text: doc.getText('code'), provider, synced }
+  return { doc, text: doc.getText('code'), provider, synced, serverProcess }
 }
 
 const joinAll = async (clients, timeoutMs) => {
@@ -80,13 +85,14 @@ const joinAll = async (clients, timeoutMs) => {
  * `perRoom` clients in each room: the rooms' first clients first, the others once those
  * synced. Joining an empty room together loses a client's sync on pycrdt-websocket 0.16.5
  * (it then waits for y-websocket's 30 s reconnect; tests/test_upstream_defects.py), and what
- * the scenarios measure comes after the joins.
+ * the scenarios measure comes after the joins. Over several server processes a room's clients
+ * go round-robin, each room starting one process further, so the processes hold as many.
  */
 const joinRooms = async (rooms, perRoom, setup = () => {}) => {
-  const clients = rooms.map((room) => [join(room)])
+  const clients = rooms.map((room, index) => [join(room, index)])
   await joinAll(clients.map(([first]) => first), config.timeoutMs)
   for (const [index, room] of rooms.entries()) {
-    for (let i = 1; i < perRoom; i++) clients[index].push(join(room))
+    for (let i = 1; i < perRoom; i++) clients[index].push(join(room, index + i))
   }
   for (const client of clients.flat()) setup(client)
   await joinAll(clients.flat(), config.timeoutMs)
@@ -237,16 +243,21 @@ const prng = (seed) => () => {
 }
 
 /**
- * Rooms of clients typing one character at a random position at human speed. Every client
- * records when it typed each of its clocks; a receiver decodes which clocks an incoming
- * update carries, so the latency is from the keystroke to the other client's Y.Doc.
+ * Rooms of clients typing one character at a random position at human speed (or faster), each
+ * at most `maxKeystrokes`. Every client records when it typed each of its clocks; a receiver
+ * decodes which clocks an incoming update carries, so the latency is from the keystroke to the
+ * other client's Y.Doc. Those between clients of different server processes are also kept
+ * apart (`crossLatencies`).
  */
 const typists = async () => {
   const random = prng(config.seed)
   const sentAt = new Map() // clientID -> Float64Array indexed by clock
+  const processOf = new Map() // clientID -> the server process it joined
   const latencies = []
+  const crossLatencies = []
   const measure = (client) => {
     sentAt.set(client.doc.clientID, new Float64Array(config.maxKeystrokes))
+    processOf.set(client.doc.clientID, client.serverProcess)
     client.doc.on('update', (update, origin) => {
       if (origin === null || origin === client.doc.clientID) return // local typing
       const meta = Y.parseUpdateMeta(update)
@@ -254,8 +265,12 @@ const typists = async () => {
       for (const [sender, to] of meta.to) {
         const times = sentAt.get(sender)
         if (!times) continue
+        const cross = processOf.get(sender) !== client.serverProcess
         for (let clock = meta.from.get(sender) ?? 0; clock < to; clock++) {
-          if (times[clock] > 0) latencies.push(at - times[clock])
+          if (times[clock] > 0) {
+            latencies.push(at - times[clock])
+            if (cross) crossLatencies.push(at - times[clock])
+          }
         }
       }
     })
@@ -300,7 +315,8 @@ const typists = async () => {
       rooms: rooms.length,
       converged,
       keystrokes: rooms.reduce((n, room) => n + room.typed, 0),
-      latencies: latencies.map((ms) => Math.round(ms * 100) / 100)
+      latencies: latencies.map((ms) => Math.round(ms * 100) / 100),
+      crossLatencies: crossLatencies.map((ms) => Math.round(ms * 100) / 100)
     })
   }
 }
