@@ -10,12 +10,13 @@ from datetime import UTC, datetime
 
 import anyio
 import pytest
+from prometheus_client import REGISTRY
 from pycrdt import Doc, YMessageType, YSyncMessageType, create_update_message, write_message
 from sqlalchemy import insert
 
 from collab_server.closecodes import CloseCode
 from collab_server.protocol import read_var_bytes
-from collab_server.room import CollabRoom
+from collab_server.room import GAP_WAIT_SECONDS, CollabRoom
 from collab_server.settings import Settings
 from crdt_store import Store, compact_room, text_of, text_update
 from crdt_store.fanout import Committed
@@ -237,3 +238,30 @@ async def test_a_room_deleted_by_another_process_closes_its_clients_at_the_head_
                     await anyio.sleep(0.01)
         assert socket.close_code == CloseCode.ROOM_NOT_FOUND
         assert room.poisoned
+
+
+def gap_catch_ups() -> float:
+    return REGISTRY.get_sample_value("collab_catch_ups_total", {"reason": "gap"}) or 0.0
+
+
+async def test_gaps_that_keep_being_filled_in_time_never_read_the_log(
+    settings: Settings,
+) -> None:
+    """Several processes writing keep a new gap in flight nearly all the time; each one closes
+    within milliseconds, so none of them is a reason to read the log."""
+    async with running_manager(settings) as (manager, store):
+        record = await store.create_room(name="r", language="plaintext")
+        room = await manager.get_room(record.id)
+        rows = [await appended_elsewhere(store, record.id, str(seq)) for seq in range(1, 8)]
+        before = gap_catch_ups()
+        room.receive_committed(rows[1])
+        for filled, opened in ((0, 3), (2, 5), (4, 6)):
+            await anyio.sleep(GAP_WAIT_SECONDS * 0.3)
+            room.receive_committed(rows[opened])
+            room.receive_committed(rows[filled])
+        await anyio.sleep(GAP_WAIT_SECONDS * 0.3)
+        room.receive_committed(rows[5])
+        assert room.head == 7
+        assert text_of(room.ydoc) == await loaded_text(store, record.id)
+        await anyio.sleep(GAP_WAIT_SECONDS * 1.5)
+        assert gap_catch_ups() == before
