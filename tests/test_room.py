@@ -252,16 +252,17 @@ async def test_gaps_that_keep_being_filled_in_time_never_read_the_log(
     async with running_manager(settings) as (manager, store):
         record = await store.create_room(name="r", language="plaintext")
         room = await manager.get_room(record.id)
-        rows = [await appended_elsewhere(store, record.id, str(seq)) for seq in range(1, 8)]
+        rows = {seq: await appended_elsewhere(store, record.id, str(seq)) for seq in range(1, 9)}
         before = gap_catch_ups()
-        room.receive_committed(rows[1])
-        for filled, opened in ((0, 3), (2, 5), (4, 6)):
+        room.receive_committed(rows[2])
+        for opened, filled in ((4, 1), (6, 3), (8, 5)):
             await anyio.sleep(GAP_WAIT_SECONDS * 0.3)
             room.receive_committed(rows[opened])
             room.receive_committed(rows[filled])
+            assert room.head == filled + 1
         await anyio.sleep(GAP_WAIT_SECONDS * 0.3)
-        room.receive_committed(rows[5])
-        assert room.head == 7
+        room.receive_committed(rows[7])
+        assert room.head == 8
         assert text_of(room.ydoc) == await loaded_text(store, record.id)
         await anyio.sleep(GAP_WAIT_SECONDS * 1.5)
         assert gap_catch_ups() == before
