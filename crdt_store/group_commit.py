@@ -7,12 +7,15 @@ the number of rooms and writers; on PostgreSQL the batch for all rooms is one st
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import NamedTuple
 
 from .errors import RoomNotFound
 from .store import Store
+
+logger = logging.getLogger(__name__)
 
 #: Called once a batch is committed: room id -> (seq of its first row, the rows' updates).
 OnCommitted = Callable[[Mapping[str, tuple[int, Sequence[bytes]]]], None]
@@ -99,7 +102,12 @@ class GroupCommitter:
             room_id: head - len(batches[room_id]) + 1 for room_id, head in result.heads.items()
         }
         if self._on_committed is not None and firsts:
-            self._on_committed({r: (first, batches[r]) for r, first in firsts.items()})
+            try:
+                self._on_committed({r: (first, batches[r]) for r, first in firsts.items()})
+            except Exception:
+                # The rows are committed: their writers must hear so. Other processes read
+                # what they were not told from the log.
+                logger.exception("announcing a commit failed")
         for room_id, room_waiters in waiters.items():
             for future, offset, count in room_waiters:
                 if future.done():

@@ -171,6 +171,20 @@ async def test_group_committer_reports_a_deleted_room_without_failing_others(
         assert await committer.append(kept.id, [text_update("y")]) == (1, 1)
 
 
+async def test_group_committer_returns_committed_rows_even_if_announcing_them_fails(
+    store: Store,
+) -> None:
+    room = await store.create_room(name="r", language="plaintext")
+
+    def broken_fanout(_: object) -> None:
+        raise RuntimeError("announcement failed")
+
+    async with GroupCommitter(store, on_committed=broken_fanout) as committer:
+        with anyio.fail_after(5):
+            assert await committer.append(room.id, [text_update("x")]) == (1, 1)
+            assert await committer.append(room.id, [text_update("y")]) == (2, 2)
+
+
 async def test_unreachable_database_raises_store_unavailable() -> None:
     store = Store.connect("postgresql://nobody@127.0.0.1:1/none")
     try:
