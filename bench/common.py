@@ -193,3 +193,21 @@ def update_docs_section(heading: str, body: str, path: Path = DOCS) -> None:
     else:
         text = text.rstrip() + "\n\n" + section
     path.write_text(text)
+
+
+def failed_runs(failures: Sequence[str]) -> list[str]:
+    """The lines listing failed runs in a results section (none if none failed)."""
+    return ["Failed runs:", "", *(f"- {failure}" for failure in failures), ""] if failures else []
+
+
+def publish(heading: str, body: str, reading: str, failures: Sequence[str], *, docs: bool) -> int:
+    """Print a benchmark's results, write them as the `heading` section of the docs when asked
+    (failed runs are listed in the body: they are findings too); the exit status."""
+    print(body)
+    if docs:
+        update_docs_section(heading, body + "\n" + reading)
+        print("updated docs/benchmarks.md")
+    if failures:
+        print(f"{len(failures)} run(s) FAILED")
+        return 1
+    return 0

@@ -31,7 +31,7 @@ from importlib.metadata import version
 
 import httpx
 
-from bench.common import DEFAULT_POSTGRES_URL, environment, ratio, update_docs_section
+from bench.common import DEFAULT_POSTGRES_URL, environment, failed_runs, publish, ratio
 from bench.compaction import duration
 from bench.servers import BenchServer, node_versions, start
 from bench.suite import (
@@ -367,9 +367,7 @@ def render(r: Results, env: dict[str, str], command: str, redis: str) -> str:
         *human_section(r),
         *push_section(r),
     ]
-    if r.failures:
-        lines += ["Failed runs:", "", *(f"- {failure}" for failure in r.failures), ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, *failed_runs(r.failures)])
 
 
 READING = """\
@@ -427,14 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     redis = redis_version(options.redis_url)
     results = asyncio.run(run(options))
     body = render(results, env, command, redis)
-    print(body)
-    if options.write_docs:  # failed runs are listed in the section: they are findings too
-        update_docs_section("Scale-out", body + "\n" + READING)
-        print("updated docs/benchmarks.md")
-    if results.failures:
-        print(f"{len(results.failures)} run(s) FAILED")
-        return 1
-    return 0
+    return publish("Scale-out", body, READING, results.failures, docs=options.write_docs)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.client import join, wait_until_loaded
-from bench.common import DEFAULT_POSTGRES_URL, environment, median, ratio, update_docs_section
+from bench.common import DEFAULT_POSTGRES_URL, environment, failed_runs, median, publish, ratio
 from bench.compaction import CREDITS, LICENCE, SERVER_ENV, duration
 from bench.harness import Role, Workload, build_workload, client_config, read_updates
 from bench.servers import (
@@ -853,9 +853,7 @@ def render(r: Results, work: Workload, env: dict[str, str], command: str) -> str
         *cold_section(r, work),
         *idle_section(r),
     ]
-    if r.failures:
-        lines += ["Failed runs:", "", *(f"- {failure}" for failure in r.failures), ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, *failed_runs(r.failures)])
 
 
 READING = """\
@@ -923,14 +921,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = environment(options.database_url if uses_postgres else "sqlite")
     results, work = asyncio.run(run(options))
     body = render(results, work, env, command)
-    print(body)
-    if options.write_docs:  # failed runs are listed in the section: they are findings too
-        update_docs_section("Servers", body + "\n" + READING)
-        print("updated docs/benchmarks.md")
-    if results.failures:
-        print(f"{len(results.failures)} run(s) FAILED")
-        return 1
-    return 0
+    return publish("Servers", body, READING, results.failures, docs=options.write_docs)
 
 
 if __name__ == "__main__":

@@ -455,11 +455,7 @@ class CollabRoom(YRoom):
             self._transaction_updates.clear()
             with self.ydoc.transaction():
                 for update in updates:
-                    try:
-                        self.ydoc.apply_update(update)
-                    except BaseException as error:
-                        if not is_update_error(error):
-                            raise
+                    if not self._applies(update):
                         self._reject(origin, ProtocolError("update does not apply"))
                         failed = True
                         break
@@ -467,6 +463,16 @@ class CollabRoom(YRoom):
             applied.integrated.extend((origin, update) for update in self._transaction_updates)
         self._transaction_updates.clear()
         return applied, failed
+
+    def _applies(self, update: bytes) -> bool:
+        """Apply `update` to the document; False if pycrdt rejects it (or panics on it)."""
+        try:
+            self.ydoc.apply_update(update)
+        except BaseException as error:
+            if not is_update_error(error):
+                raise
+            return False
+        return True
 
     def _replace_doc(self, doc: Doc[Any]) -> None:
         if self._subscription is not None:
@@ -596,11 +602,7 @@ class CollabRoom(YRoom):
             self._transaction_updates.clear()
             with self.ydoc.transaction():
                 for update in part:
-                    try:
-                        self.ydoc.apply_update(update)
-                    except BaseException as error:
-                        if not is_update_error(error):
-                            raise
+                    if not self._applies(update):
                         self.log.error("skipped a committed update that does not apply")
             integrated, self._transaction_updates = self._transaction_updates, []
             if integrated:

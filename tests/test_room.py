@@ -4,8 +4,8 @@ commit. Real rooms on a real SQLite store, driven through in-memory sockets."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, closing, contextmanager
 from datetime import UTC, datetime
 
 import anyio
@@ -147,44 +147,51 @@ async def wait_text(room: CollabRoom, expected: str) -> None:
             await anyio.sleep(0.01)
 
 
-async def test_rows_announced_out_of_order_are_applied_in_log_order(settings: Settings) -> None:
+@pytest.fixture
+def checking_often(sqlite_url: str) -> Settings:
+    """Head checks ten times a second, so tests of what only they find are quick."""
+    return Settings(database_url=sqlite_url, fanout_check_seconds=0.1)
+
+
+@asynccontextmanager
+async def a_loaded_room(settings: Settings) -> AsyncIterator[tuple[Store, CollabRoom]]:
+    """A new room, loaded by a running manager (whose fan-out announces nothing)."""
     async with running_manager(settings) as (manager, store):
         record = await store.create_room(name="r", language="plaintext")
-        room = await manager.get_room(record.id)
-        first = await appended_elsewhere(store, record.id, "a")
-        second = await appended_elsewhere(store, record.id, "b", "c")
-        observer, observer_socket = memory_connection(record.id)
+        yield store, await manager.get_room(record.id)
+
+
+async def test_rows_announced_out_of_order_are_applied_in_log_order(settings: Settings) -> None:
+    async with a_loaded_room(settings) as (store, room):
+        first = await appended_elsewhere(store, room.room_id, "a")
+        second = await appended_elsewhere(store, room.room_id, "b", "c")
+        observer, observer_socket = memory_connection(room.room_id)
         async with serving(room, observer):
             room.receive_committed(second)
             assert (room.head, text_of(room.ydoc)) == (0, "")
             room.receive_committed(first)
             assert room.head == 3
-            assert text_of(room.ydoc) == await loaded_text(store, record.id)
+            assert text_of(room.ydoc) == await loaded_text(store, room.room_id)
             assert received_text(observer_socket) == text_of(room.ydoc)
 
 
 async def test_rows_missing_before_an_announcement_are_read_from_the_log(
     settings: Settings,
 ) -> None:
-    async with running_manager(settings) as (manager, store):
-        record = await store.create_room(name="r", language="plaintext")
-        room = await manager.get_room(record.id)
-        await appended_elsewhere(store, record.id, "lost")
-        room.receive_committed(await appended_elsewhere(store, record.id, "heard"))
-        await wait_text(room, await loaded_text(store, record.id))
+    async with a_loaded_room(settings) as (store, room):
+        await appended_elsewhere(store, room.room_id, "lost")
+        room.receive_committed(await appended_elsewhere(store, room.room_id, "heard"))
+        await wait_text(room, await loaded_text(store, room.room_id))
         assert room.head == 2
 
 
 async def test_a_quiet_room_whose_announcements_were_lost_catches_up_at_the_head_check(
-    sqlite_url: str,
+    checking_often: Settings,
 ) -> None:
-    settings = Settings(database_url=sqlite_url, fanout_check_seconds=0.1)
-    async with running_manager(settings) as (manager, store):
-        record = await store.create_room(name="r", language="plaintext")
-        room = await manager.get_room(record.id)
-        observer, observer_socket = memory_connection(record.id)
+    async with a_loaded_room(checking_often) as (store, room):
+        observer, observer_socket = memory_connection(room.room_id)
         async with serving(room, observer):
-            await appended_elsewhere(store, record.id, "never announced")
+            await appended_elsewhere(store, room.room_id, "never announced")
             await wait_text(room, "never announced")
             with anyio.fail_after(5):
                 while received_text(observer_socket) != "never announced":
@@ -194,13 +201,11 @@ async def test_a_quiet_room_whose_announcements_were_lost_catches_up_at_the_head
 async def test_a_room_behind_a_compaction_catches_up_from_the_snapshot(
     settings: Settings,
 ) -> None:
-    async with running_manager(settings) as (manager, store):
-        record = await store.create_room(name="r", language="plaintext")
-        room = await manager.get_room(record.id)
-        await appended_elsewhere(store, record.id, "folded")
-        assert (await compact_room(store, record.id)).compacted
-        room.receive_committed(await appended_elsewhere(store, record.id, "after"))
-        await wait_text(room, await loaded_text(store, record.id))
+    async with a_loaded_room(settings) as (store, room):
+        await appended_elsewhere(store, room.room_id, "folded")
+        assert (await compact_room(store, room.room_id)).compacted
+        room.receive_committed(await appended_elsewhere(store, room.room_id, "after"))
+        await wait_text(room, await loaded_text(store, room.room_id))
         assert "folded" in text_of(room.ydoc)
         assert room.head == 2
 
@@ -208,31 +213,26 @@ async def test_a_room_behind_a_compaction_catches_up_from_the_snapshot(
 async def test_an_own_commit_after_rows_not_yet_heard_of_ends_with_both_applied(
     settings: Settings,
 ) -> None:
-    async with running_manager(settings) as (manager, store):
-        record = await store.create_room(name="r", language="plaintext")
-        room = await manager.get_room(record.id)
-        elsewhere = await appended_elsewhere(store, record.id, "theirs")
-        writer, writer_socket = memory_connection(record.id)
+    async with a_loaded_room(settings) as (store, room):
+        elsewhere = await appended_elsewhere(store, room.room_id, "theirs")
+        writer, writer_socket = memory_connection(room.room_id)
         async with serving(room, writer):
             writer_socket.feed(create_update_message(text_update("mine")))
             with anyio.fail_after(5):
                 while "mine" not in text_of(room.ydoc) or room._pending:
                     await anyio.sleep(0.01)
             room.receive_committed(elsewhere)
-            await wait_text(room, await loaded_text(store, record.id))
+            await wait_text(room, await loaded_text(store, room.room_id))
             assert room.head == 2
 
 
 async def test_a_room_deleted_by_another_process_closes_its_clients_at_the_head_check(
-    sqlite_url: str,
+    checking_often: Settings,
 ) -> None:
-    settings = Settings(database_url=sqlite_url, fanout_check_seconds=0.1)
-    async with running_manager(settings) as (manager, store):
-        record = await store.create_room(name="r", language="plaintext")
-        room = await manager.get_room(record.id)
-        client, socket = memory_connection(record.id)
+    async with a_loaded_room(checking_often) as (store, room):
+        client, socket = memory_connection(room.room_id)
         async with serving(room, client):
-            await store.delete_room(record.id)
+            await store.delete_room(room.room_id)
             with anyio.fail_after(5):
                 while socket.close_code is None:
                     await anyio.sleep(0.01)
@@ -249,10 +249,8 @@ async def test_gaps_that_keep_being_filled_in_time_never_read_the_log(
 ) -> None:
     """Several processes writing keep a new gap in flight nearly all the time; each one closes
     within milliseconds, so none of them is a reason to read the log."""
-    async with running_manager(settings) as (manager, store):
-        record = await store.create_room(name="r", language="plaintext")
-        room = await manager.get_room(record.id)
-        rows = {seq: await appended_elsewhere(store, record.id, str(seq)) for seq in range(1, 9)}
+    async with a_loaded_room(settings) as (store, room):
+        rows = {seq: await appended_elsewhere(store, room.room_id, str(seq)) for seq in range(1, 9)}
         before = gap_catch_ups()
         room.receive_committed(rows[2])
         for opened, filled in ((4, 1), (6, 3), (8, 5)):
@@ -263,6 +261,6 @@ async def test_gaps_that_keep_being_filled_in_time_never_read_the_log(
         await anyio.sleep(GAP_WAIT_SECONDS * 0.3)
         room.receive_committed(rows[7])
         assert room.head == 8
-        assert text_of(room.ydoc) == await loaded_text(store, record.id)
+        assert text_of(room.ydoc) == await loaded_text(store, room.room_id)
         await anyio.sleep(GAP_WAIT_SECONDS * 1.5)
         assert gap_catch_ups() == before

@@ -7,17 +7,27 @@ sequence numbers and read the log, and after a reconnect it delivers `Resubscrib
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from typing import Generic, TypeVar
 
 from .events import Event
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[Event], None]
+Item = TypeVar("Item")
+
+#: What a backend keeps to send while its server is unreachable; older items are dropped
+#: (receivers read the log when they notice the gap).
+MAX_QUEUED = 10_000
+#: How long `stop` tries to send what is queued.
+STOP_FLUSH_SECONDS = 1.0
 
 
 class Fanout(ABC):
@@ -75,6 +85,53 @@ class Fanout(ABC):
     @abstractmethod
     def unwatch(self, room_id: str) -> None:
         """Stop delivering the room's messages (it was unloaded)."""
+
+
+class QueuedFanout(Fanout, Generic[Item]):
+    """A backend whose publishing only queues, for one task that sends and another that
+    listens: the commit path never waits on the fan-out's network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[Item] = deque(maxlen=MAX_QUEUED)
+        self._queued = asyncio.Event()
+        #: Set while nothing waits to be sent.
+        self._sent = asyncio.Event()
+        self._sent.set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _enqueue(self, item: Item) -> None:
+        self._queue.append(item)
+        self._sent.clear()
+        self._queued.set()
+
+    async def start(self) -> None:
+        name = type(self).__name__
+        self._tasks = [
+            asyncio.create_task(self._send_forever(), name=f"{name}.send"),
+            asyncio.create_task(self._listen_forever(), name=f"{name}.listen"),
+        ]
+
+    async def stop(self) -> None:
+        with suppress(TimeoutError):
+            async with asyncio.timeout(STOP_FLUSH_SECONDS):
+                await self._sent.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._close()
+
+    @abstractmethod
+    async def _send_forever(self) -> None:
+        """Send what is queued, in order; setting `_sent` once the queue is empty."""
+
+    @abstractmethod
+    async def _listen_forever(self) -> None:
+        """Deliver the other processes' messages, reconnecting as needed."""
+
+    @abstractmethod
+    async def _close(self) -> None:
+        """Close what the tasks leave open."""
 
 
 def _ignore(event: Event) -> None:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import os
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,7 +24,7 @@ import psycopg
 
 from ..store import answer_bounded_connector
 from ..urls import libpq_url, tcp_parameters
-from .base import Fanout
+from .base import QueuedFanout
 from .events import (
     AwarenessChanged,
     Committed,
@@ -43,13 +41,10 @@ CHANNEL = "collab_fanout"
 _MAX_PACKED_BYTES = 5_600
 #: Notifications sent in one statement.
 _MAX_PER_STATEMENT = 500
-#: Notifications kept while PostgreSQL is unreachable; older ones are dropped (receivers read
-#: the log when they notice the gap).
-_MAX_QUEUED = 10_000
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', payload) FROM unnest(%s::text[]) AS payload"
 
 
-class PostgresFanout(Fanout):
+class PostgresFanout(QueuedFanout[str]):
     def __init__(self, database_url: str, *, answer_timeout: float = 10.0) -> None:
         super().__init__()
         self._conninfo = libpq_url(database_url)
@@ -57,37 +52,16 @@ class PostgresFanout(Fanout):
         self._tcp = tcp_parameters(answer_timeout)
         #: How long the listener waits for a notification before checking its connection.
         self._check_seconds = min(5.0, answer_timeout / 2)
-        self._queue: deque[str] = deque(maxlen=_MAX_QUEUED)
-        self._queued = asyncio.Event()
-        self._sent = asyncio.Event()
-        self._sent.set()
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._send_forever(), name="fanout-notify"),
-            asyncio.create_task(self._listen_forever(), name="fanout-listen"),
-        ]
-
-    async def stop(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await self._sent.wait()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def publish_committed(self, commits: Mapping[str, tuple[int, Sequence[bytes]]]) -> None:
         for room_id, (first, updates) in commits.items():
             for chunk in committed_chunks(room_id, first, updates, _MAX_PACKED_BYTES):
                 data = "" if chunk.updates is None else _b64(pack_updates(chunk.updates))
-                self._queue.append(f"u|{self.origin}|{room_id}|{chunk.first}|{chunk.last}|{data}")
-        self._wake_sender()
+                self._enqueue(f"u|{self.origin}|{room_id}|{chunk.first}|{chunk.last}|{data}")
 
     def publish_awareness(self, room_id: str, payload: bytes) -> None:
         if len(payload) <= _MAX_PACKED_BYTES:
-            self._queue.append(f"a|{self.origin}|{room_id}|{_b64(payload)}")
-            self._wake_sender()
+            self._enqueue(f"a|{self.origin}|{room_id}|{_b64(payload)}")
 
     async def watch(self, room_id: str) -> None:
         """One channel carries every room: the listener already hears it."""
@@ -95,9 +69,8 @@ class PostgresFanout(Fanout):
     def unwatch(self, room_id: str) -> None:
         """Messages of rooms not loaded are dropped on arrival."""
 
-    def _wake_sender(self) -> None:
-        self._sent.clear()
-        self._queued.set()
+    async def _close(self) -> None:
+        """Each task's connection closes with it."""
 
     async def _connection(self, role: str) -> psycopg.AsyncConnection[Any]:
         """A connection named for `pg_stat_activity`: `collab-server:listen <pid>` (or notify)."""

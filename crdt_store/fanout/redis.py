@@ -19,9 +19,7 @@ CLIENT LIST tells them apart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
 from redis.typing import KeyT, StreamIdT
 
-from .base import Fanout
+from .base import QueuedFanout
 from .events import (
     AwarenessChanged,
     Committed,
@@ -53,9 +51,6 @@ _STREAM_LENGTH = 10_000
 #: A stream nobody appended to for this long is deleted, so rooms edited once do not stay in
 #: Redis's memory; a later commit starts it anew, with ids above any read before.
 _STREAM_IDLE_SECONDS = 600
-#: Commands kept while Redis is unreachable; older ones are dropped (receivers read the log
-#: when they notice the gap).
-_MAX_QUEUED = 10_000
 #: Commands sent in one pipeline (one round trip).
 _MAX_PER_PIPELINE = 500
 #: Redis answers in well under a millisecond: one silent this long is gone (reconnect), and a
@@ -71,7 +66,7 @@ _MAX_RETRY_SECONDS = 5.0
 Command = tuple[str | bytes | int, ...]
 
 
-class RedisFanout(Fanout):
+class RedisFanout(QueuedFanout[Command]):
     """Fan-out through the Redis at `redis_url`, among the processes given one `namespace`
     (`fanout.database_namespace`: those serving one database)."""
 
@@ -90,15 +85,9 @@ class RedisFanout(Fanout):
         #: Watched rooms' stream keys -> id of the last entry read; None: not known yet, because
         #: Redis was unreachable during `watch`.
         self._last_ids: dict[str, bytes | None] = {}
-        self._queue: deque[Command] = deque(maxlen=_MAX_QUEUED)
-        self._queued = asyncio.Event()
         #: The pipeline being sent, resent as a whole after a reconnect: some of it may arrive
         #: twice, which receivers tell by the seq numbers.
         self._sending: list[Command] = []
-        #: Set while nothing waits to be sent.
-        self._sent = asyncio.Event()
-        self._sent.set()
-        self._tasks: list[asyncio.Task[None]] = []
 
     def _client(self, role: str, *, read_seconds: float) -> Redis:
         # redis-py's own retries would reconnect unseen: the loops here retry, so that each
@@ -113,19 +102,7 @@ class RedisFanout(Fanout):
         )
         return client
 
-    async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._send_forever(), name="fanout-redis-send"),
-            asyncio.create_task(self._listen_forever(), name="fanout-redis-listen"),
-        ]
-
-    async def stop(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await self._sent.wait()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def _close(self) -> None:
         for client in (self._commands, self._reader, self._listener):
             await client.aclose()
 
@@ -161,11 +138,6 @@ class RedisFanout(Fanout):
 
     def unwatch(self, room_id: str) -> None:
         self._last_ids.pop(self._room_prefix + room_id, None)
-
-    def _enqueue(self, command: Command) -> None:
-        self._queue.append(command)
-        self._queued.set()
-        self._sent.clear()
 
     async def _send_forever(self) -> None:
         delay = _RETRY_SECONDS
