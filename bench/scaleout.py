@@ -384,7 +384,7 @@ How to read these:
   the Redis fan-out, the Redis server's own CPU (`INFO cpu`).
 - *log catch-ups*: the server processes' own count of reads of a room's log for rows their
   fan-out had not delivered in time (`collab_catch_ups_total` from `/metrics`, summed): a room
-  still behind (rows waiting above a gap in the sequence numbers) 0.1 s after it saw a gap, or
+  whose head did not move for 0.1 s while rows waited above a gap in the sequence numbers, or
   a lost message.
 - *cores busy*: CPU seconds over the run's seconds of the server processes, of PostgreSQL's
   backends (+ Redis) and of the Node client processes: what each part took of the machine.
