@@ -20,7 +20,7 @@ import redis
 from redis.asyncio import Redis
 
 from crdt_store.fanout import AwarenessChanged, Committed, Event, Fanout, Resubscribed
-from crdt_store.fanout.postgres import PostgresFanout
+from crdt_store.fanout.postgres import CHANNEL, PostgresFanout
 from crdt_store.fanout.redis import RedisFanout
 
 pytestmark = pytest.mark.anyio
@@ -62,6 +62,14 @@ class Process:
         await self.wait_until(
             lambda: sum(isinstance(e, Resubscribed) for e in self.events) >= times
         )
+
+    async def wait_to_hear_of_others(self) -> None:
+        """Until a PostgreSQL fan-out has heard another process greet: before, it announces
+        nothing (other backends announce regardless)."""
+        if isinstance(self.fanout, PostgresFanout):
+            async with asyncio.timeout(DEADLINE_SECONDS):
+                while not self.fanout.peers:
+                    await asyncio.sleep(0.01)
 
     async def wait_for_rows(self, room_id: str, last: int) -> list[Committed]:
         """The room's deliveries once one reaches row `last`."""
@@ -114,10 +122,11 @@ async def start(
 
 @pytest.fixture
 async def pair(start: Callable[[], Awaitable[Process]]) -> tuple[Process, Process]:
-    """Two processes, both listening."""
+    """Two processes, both listening, each knowing of the other."""
     one, other = await start(), await start()
     for process in (one, other):
         await process.wait_resubscribed(1)
+        await process.wait_to_hear_of_others()
     return one, other
 
 
@@ -132,8 +141,8 @@ def kill_listening_connections(
         database_url: str = request.getfixturevalue("postgres_url")
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
             cursor = await conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE"
+                " datname = current_database() AND application_name LIKE 'collab-server:listen %'"
             )
             assert await cursor.fetchall(), "no LISTEN connection found"
 
@@ -310,7 +319,26 @@ async def test_stopping_waits_no_longer_than_sending_what_is_queued(
     writer = Process(new_fanout())
     loop = asyncio.get_running_loop()
     async with writer.fanout.running(writer.handle):
+        await writer.wait_to_hear_of_others()
         writer.fanout.publish_committed({"r": (1, [b"sent"])})
         await reader.wait_for_rows("r", 1)
         stopping = loop.time()
     assert loop.time() - stopping < 0.5
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def test_a_lone_process_announces_nothing_until_another_one_listens(
+    start: Callable[[], Awaitable[Process]], postgres_url: str
+) -> None:
+    lone = await start()
+    await lone.wait_resubscribed(1)
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as spy:
+        await spy.execute(f"LISTEN {CHANNEL}")
+        lone.fanout.publish_committed({"r": (1, [b"nobody listens"])})
+        lone.fanout.publish_awareness("r", b"nobody looks")
+        heard = [notification.payload async for notification in spy.notifies(timeout=0.5)]
+    assert [payload for payload in heard if payload[0] in "ua"] == []
+    other = await start()
+    await lone.wait_to_hear_of_others()
+    lone.fanout.publish_committed({"r": (2, [b"heard"])})
+    assert await other.wait_for_rows("r", 2) == [Committed("r", 2, 2, (b"heard",))]

@@ -9,6 +9,13 @@ with a slow fsync: 700 commits/s instead of 2,530).
 Payloads are text under PostgreSQL's 8,000-byte limit: `u|origin|room|first|last|base64` for
 rows (base64 empty when the rows are too large to carry) and `a|origin|room|base64` for
 awareness. Room ids never contain `|`.
+
+A process announces nothing while no other listens: most deployments run one process, which
+would otherwise pay a NOTIFY per commit and hear each one back. Processes greet each other on
+the channel: `g|origin` once listening (answered at once with `h|origin`), and `h|origin` every
+`_GREETING_SECONDS`; one unheard for `_PEER_TIMEOUT_SECONDS` counts as gone. What a process
+commits in the millisecond before it hears a newcomer's greeting goes unannounced: the
+newcomer reads it from the log at its next gap or head check.
 """
 
 from __future__ import annotations
@@ -42,6 +49,10 @@ _MAX_PACKED_BYTES = 5_600
 #: Notifications sent in one statement.
 _MAX_PER_STATEMENT = 500
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', payload) FROM unnest(%s::text[]) AS payload"
+#: How often a listening process says so on the channel.
+_GREETING_SECONDS = 2.0
+#: How long another process counts as listening after it was last heard.
+_PEER_TIMEOUT_SECONDS = 3 * _GREETING_SECONDS
 
 
 class PostgresFanout(QueuedFanout[str]):
@@ -50,17 +61,29 @@ class PostgresFanout(QueuedFanout[str]):
         self._conninfo = libpq_url(database_url)
         self._connect = answer_bounded_connector(answer_timeout)
         self._tcp = tcp_parameters(answer_timeout)
-        #: How long the listener waits for a notification before checking its connection.
-        self._check_seconds = min(5.0, answer_timeout / 2)
+        #: How long the listener waits for a notification before checking its connection (and
+        #: greeting the others again).
+        self._check_seconds = min(_GREETING_SECONDS, answer_timeout / 2)
+        #: Other processes listening on the channel -> when they were last heard (loop time).
+        self._heard: dict[str, float] = {}
+
+    @property
+    def peers(self) -> int:
+        """How many other processes were heard on the channel lately."""
+        now = asyncio.get_running_loop().time()
+        self._heard = {o: t for o, t in self._heard.items() if now - t < _PEER_TIMEOUT_SECONDS}
+        return len(self._heard)
 
     def publish_committed(self, commits: Mapping[str, tuple[int, Sequence[bytes]]]) -> None:
+        if not self.peers:
+            return
         for room_id, (first, updates) in commits.items():
             for chunk in committed_chunks(room_id, first, updates, _MAX_PACKED_BYTES):
                 data = "" if chunk.updates is None else _b64(pack_updates(chunk.updates))
                 self._enqueue(f"u|{self.origin}|{room_id}|{chunk.first}|{chunk.last}|{data}")
 
     def publish_awareness(self, room_id: str, payload: bytes) -> None:
-        if len(payload) <= _MAX_PACKED_BYTES:
+        if self.peers and len(payload) <= _MAX_PACKED_BYTES:
             self._enqueue(f"a|{self.origin}|{room_id}|{_b64(payload)}")
 
     async def watch(self, room_id: str) -> None:
@@ -113,11 +136,13 @@ class PostgresFanout(QueuedFanout[str]):
                 async with await self._connection("listen") as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     delay = 0.05
+                    self._enqueue(f"g|{self.origin}")
                     self._deliver(Resubscribed())
                     while True:
                         async for notification in conn.notifies(timeout=self._check_seconds):
                             self._receive(notification.payload)
                         await conn.execute("SELECT 1")
+                        self._enqueue(f"h|{self.origin}")
             except (psycopg.Error, OSError) as error:
                 logger.warning("fan-out: LISTEN lost (%s); reconnecting in %.2f s", error, delay)
                 await asyncio.sleep(delay)
@@ -127,6 +152,9 @@ class PostgresFanout(QueuedFanout[str]):
         kind, origin, rest = payload[:1], payload[2:18], payload[19:]
         if origin == self.origin:
             return
+        self._heard[origin] = asyncio.get_running_loop().time()
+        if kind == "g":
+            self._enqueue(f"h|{self.origin}")
         try:
             if kind == "u":
                 room_id, first, last, data = rest.split("|")
