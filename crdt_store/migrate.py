@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-from .urls import is_postgresql, sync_url, tcp_parameters
+from .urls import is_postgresql, network_parameters, sync_url
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 # Any fixed number: several processes starting at once take turns on this lock, so exactly one
@@ -25,10 +25,9 @@ def upgrade_database(url: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     network = (
-        {
-            "connect_timeout": _MIGRATION_NETWORK_TIMEOUT,
-            **tcp_parameters(_MIGRATION_NETWORK_TIMEOUT),
-        }
+        network_parameters(
+            url, _MIGRATION_NETWORK_TIMEOUT, connect_timeout=_MIGRATION_NETWORK_TIMEOUT
+        )
         if is_postgresql(url)
         else {}
     )

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from .errors import LogChanged, RoomNotFound, StoreUnavailable
 from .schema import room_snapshots, room_updates, rooms
-from .urls import async_url, is_postgresql, redact, tcp_parameters
+from .urls import async_url, is_postgresql, network_parameters, redact
 
 
 @dataclass(frozen=True)
@@ -246,8 +246,10 @@ class Store:
             _configure_sqlite(engine)
             return cls(engine, url)
         engine_url = async_url(url)
-        tcp = {k: v for k, v in tcp_parameters(answer_timeout).items() if k not in engine_url.query}
-        connect_args = {"async_creator_fn": answer_bounded_connector(answer_timeout), **tcp}
+        connect_args = {
+            "async_creator_fn": answer_bounded_connector(answer_timeout),
+            **network_parameters(url, answer_timeout),
+        }
         return cls(
             create_async_engine(
                 engine_url,

@@ -47,15 +47,19 @@ def redact(raw: str) -> str:
     return make_url(raw).render_as_string(hide_password=True)
 
 
-def tcp_parameters(answer_timeout: float) -> dict[str, int]:
+def network_parameters(raw: str, answer_timeout: float, **more: int) -> dict[str, int]:
     """libpq parameters that let the kernel find a dead peer on a real network: keepalive probes
     on an idle pooled connection, and a bound on unacknowledged data (`tcp_user_timeout`), so a
-    connection lost in a partition fails on its next use instead of at its answer timeout."""
+    connection lost in a partition fails on its next use instead of at its answer timeout; and
+    `more` of them. Those written in the URL `raw` win: they are left out."""
     seconds = max(1, math.ceil(answer_timeout))
-    return {
+    wanted = {
         "keepalives": 1,
         "keepalives_idle": seconds,
         "keepalives_interval": max(1, math.ceil(answer_timeout / 3)),
         "keepalives_count": 3,
         "tcp_user_timeout": seconds * 1000,
+        **more,
     }
+    written = make_url(raw).query
+    return {name: value for name, value in wanted.items() if name not in written}

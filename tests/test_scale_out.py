@@ -123,8 +123,8 @@ async def test_clients_of_a_killed_process_reconnect_to_another_and_lose_nothing
     servers = processes(2)
     room_id = create_room(servers[0])
     with TcpProxy.balancing([server.port for server in servers]) as balancer:
-        on_first = await synced_client_via(balancer, room_id)
-        on_second = await synced_client_via(balancer, room_id)
+        on_first = await synced_client(balancer, room_id)
+        on_second = await synced_client(balancer, room_id)
         clients = [on_first, on_second]
         try:
             async with anyio.create_task_group() as typing:
@@ -141,14 +141,6 @@ async def test_clients_of_a_killed_process_reconnect_to_another_and_lose_nothing
             await wait_rest_content(servers[0], room_id, text)
         finally:
             await close_all(clients)
-
-
-async def synced_client_via(balancer: TcpProxy, room_id: str) -> NodeYClient:
-    client = NodeYClient()
-    await client.start()
-    await client.connect(balancer.ws_url, room_id)
-    await client.wait_synced()
-    return client
 
 
 @pytest.mark.node

@@ -19,6 +19,7 @@ from crdt_store import (
     text_of,
     text_update,
 )
+from crdt_store.urls import network_parameters
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.anyio
@@ -297,3 +298,10 @@ async def test_a_store_whose_connections_are_all_busy_raises_store_unavailable(
                 await store.ping()
     finally:
         await store.close()
+
+
+def test_network_parameters_written_in_the_url_win() -> None:
+    url = "postgresql://u@h/db?tcp_user_timeout=0&connect_timeout=3"
+    chosen = network_parameters(url, 10.0, connect_timeout=10)
+    assert "tcp_user_timeout" not in chosen and "connect_timeout" not in chosen
+    assert chosen["keepalives_idle"] == 10

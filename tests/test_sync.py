@@ -13,6 +13,7 @@ from collab_server.protocol import DocumentUpdate, parse_frame
 from crdt_store.encoding import decode_state_vector
 from tests.support.node_client import NodeYClient, utf16_len
 from tests.support.server import ServerProcess
+from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.anyio, pytest.mark.node]
 
@@ -41,7 +42,8 @@ async def wait_rest_content(
             await anyio.sleep(0.05)
 
 
-async def synced_client(server: ServerProcess, room_id: str) -> NodeYClient:
+async def synced_client(server: ServerProcess | TcpProxy, room_id: str) -> NodeYClient:
+    """A client of the room, synced, through a server process or a balancer in front of some."""
     client = NodeYClient()
     await client.start()
     await client.connect(server.ws_url, room_id)

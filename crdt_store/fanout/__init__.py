@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from ..urls import is_postgresql
 from .base import Fanout, Handler, SingleProcess
 from .events import AwarenessChanged, Committed, Event, Resubscribed
+from .postgres import PostgresFanout
 
 __all__ = [
     "AwarenessChanged",
@@ -29,12 +30,10 @@ __all__ = [
 def fanout_for(database_url: str, *, redis_url: str | None, answer_timeout: float) -> Fanout:
     """The fan-out the processes sharing `database_url` use."""
     if redis_url is not None:
-        from .redis import RedisFanout
+        from .redis import RedisFanout  # the optional `redis` extra
 
         return RedisFanout(redis_url, namespace=database_namespace(database_url))
     if is_postgresql(database_url):
-        from .postgres import PostgresFanout
-
         return PostgresFanout(database_url, answer_timeout=answer_timeout)
     return SingleProcess()
 

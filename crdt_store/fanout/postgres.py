@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 
 from ..store import answer_bounded_connector
-from ..urls import libpq_url, tcp_parameters
+from ..urls import libpq_url, network_parameters
 from .base import QueuedFanout
 from .events import (
     AwarenessChanged,
@@ -60,7 +60,7 @@ class PostgresFanout(QueuedFanout[str]):
         super().__init__()
         self._conninfo = libpq_url(database_url)
         self._connect = answer_bounded_connector(answer_timeout)
-        self._tcp = tcp_parameters(answer_timeout)
+        self._network = network_parameters(database_url, answer_timeout)
         #: How long the listener waits for a notification before checking its connection (and
         #: greeting the others again).
         self._check_seconds = min(_GREETING_SECONDS, answer_timeout / 2)
@@ -70,9 +70,8 @@ class PostgresFanout(QueuedFanout[str]):
     @property
     def peers(self) -> int:
         """How many other processes were heard on the channel lately."""
-        now = asyncio.get_running_loop().time()
-        self._heard = {o: t for o, t in self._heard.items() if now - t < _PEER_TIMEOUT_SECONDS}
-        return len(self._heard)
+        since = asyncio.get_running_loop().time() - _PEER_TIMEOUT_SECONDS
+        return sum(heard > since for heard in self._heard.values())
 
     def publish_committed(self, commits: Mapping[str, tuple[int, Sequence[bytes]]]) -> None:
         if not self.peers:
@@ -101,7 +100,7 @@ class PostgresFanout(QueuedFanout[str]):
             self._conninfo,
             autocommit=True,
             application_name=f"collab-server:{role} {os.getpid()}",
-            **self._tcp,
+            **self._network,
         )
         return conn
 
@@ -143,10 +142,16 @@ class PostgresFanout(QueuedFanout[str]):
                             self._receive(notification.payload)
                         await conn.execute("SELECT 1")
                         self._enqueue(f"h|{self.origin}")
+                        self._forget_the_gone()
             except (psycopg.Error, OSError) as error:
                 logger.warning("fan-out: LISTEN lost (%s); reconnecting in %.2f s", error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _forget_the_gone(self) -> None:
+        """Drop processes unheard for long (each restart is a new origin)."""
+        since = asyncio.get_running_loop().time() - _PEER_TIMEOUT_SECONDS
+        self._heard = {origin: t for origin, t in self._heard.items() if t > since}
 
     def _receive(self, payload: str) -> None:
         kind, origin, rest = payload[:1], payload[2:18], payload[19:]
