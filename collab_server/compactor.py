@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from crdt_store import RoomNotFound, RoomRecord, Store, compact_room
+from crdt_store import CurrentDocument, RoomNotFound, RoomRecord, Store, compact_room
 
 from . import metrics
 from .logs import room_logger
@@ -41,21 +41,31 @@ class Compactor:
             or log_bytes >= self._settings.compact_after_bytes
         )
 
-    def request(self, room_id: str, on_done: OnDone | None = None) -> None:
+    def request(
+        self,
+        room_id: str,
+        on_done: OnDone | None = None,
+        current: CurrentDocument | None = None,
+    ) -> None:
         """Compact the room in the background unless a compaction of it is already running
-        or one failed less than `RETRY_AFTER_FAILURE_SECONDS` ago."""
+        or one failed less than `RETRY_AFTER_FAILURE_SECONDS` ago; from its `current` document
+        when the room is loaded (see `compact_room`)."""
         failed_at = self._failed_at.get(room_id)
         if failed_at is not None and time.monotonic() - failed_at < RETRY_AFTER_FAILURE_SECONDS:
             return
         if room_id not in self._running:
-            task = asyncio.create_task(self._compact(room_id, on_done), name=f"compact:{room_id}")
+            task = asyncio.create_task(
+                self._compact(room_id, on_done, current), name=f"compact:{room_id}"
+            )
             self._running[room_id] = task
             task.add_done_callback(lambda _: self._running.pop(room_id, None))
 
-    async def _compact(self, room_id: str, on_done: OnDone | None) -> None:
+    async def _compact(
+        self, room_id: str, on_done: OnDone | None, current: CurrentDocument | None
+    ) -> None:
         log = room_logger(logger, room_id)
         try:
-            result = await compact_room(self._store, room_id)
+            result = await compact_room(self._store, room_id, current=current)
             record = await self._store.get_room(room_id)
         except RoomNotFound:
             return

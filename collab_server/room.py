@@ -47,6 +47,7 @@ from pycrdt.websocket import YRoom
 
 from crdt_store import (
     UPDATES_PER_TRANSACTION,
+    EncodedDocument,
     GroupCommitter,
     RoomNotFound,
     RoomRecord,
@@ -83,6 +84,9 @@ _EMPTY_STATE_VECTOR = b"\x00"
 #: How long rows announced ahead of a gap wait for the rows before them (another process's
 #: notification racing this one) before the log is read instead.
 GAP_WAIT_SECONDS = 0.1
+#: How long a compaction waits for a moment the document holds only committed edits, before it
+#: folds the log instead.
+COMMITTED_MOMENT_WAIT_SECONDS = 5.0
 #: Reads a room's log: the rows after the given seq (or the snapshot covering some of them).
 ReadLog = Callable[[int], Awaitable[RoomState]]
 
@@ -406,8 +410,7 @@ class CollabRoom(YRoom):
             connection.acknowledge(
                 connection.updates_received if connection.uncommitted == 0 else count
             )
-        if self._compactor.due(self.log_updates, self.log_bytes):
-            self._compactor.request(self.room_id, self._compacted)
+        self._compact_if_due()
 
     async def _integrate(self, batch: list[tuple[bytes, Connection]]) -> Applied:
         """Apply the batch to the document; the document is the validator.
@@ -510,6 +513,24 @@ class CollabRoom(YRoom):
             else:
                 self._after_commit.append((needed, action))
 
+    def _compact_if_due(self) -> None:
+        if self._compactor.due(self.log_updates, self.log_bytes):
+            self._compactor.request(self.room_id, self._compacted, self._document_at_head)
+
+    async def _document_at_head(self) -> EncodedDocument | None:
+        """The document encoded at a moment it holds nothing uncommitted, for the compaction
+        to skip folding the log again; None if it also holds rows above a gap (this process's
+        own commits), or if no such moment comes soon (a commit waits for the database)."""
+
+        def encode(doc: Doc[Any]) -> EncodedDocument | None:
+            return None if self._cursor.behind else EncodedDocument.of(doc, self.head)
+
+        try:
+            async with asyncio.timeout(COMMITTED_MOMENT_WAIT_SECONDS):
+                return await self.read_committed(encode)
+        except TimeoutError:
+            return None
+
     def _compacted(self, stored: RoomRecord) -> None:
         metrics.LOG_ROWS_PENDING.inc(stored.log_updates - self.log_updates)
         self.log_updates, self.log_bytes = stored.log_updates, stored.log_bytes
@@ -610,8 +631,7 @@ class CollabRoom(YRoom):
                 self._relay([(None, update) for update in integrated])
         metrics.ROWS_FROM_OTHER_PROCESSES.inc(len(updates))
         self._count_log_rows(updates)
-        if self._compactor.due(self.log_updates, self.log_bytes):
-            self._compactor.request(self.room_id, self._compacted)
+        self._compact_if_due()
 
     def _deleted(self) -> None:
         self.log.info("deleted while loaded; closing its clients")

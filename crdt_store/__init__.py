@@ -5,7 +5,13 @@ Knows rooms, updates, snapshots and databases; nothing of HTTP or WebSockets.
 
 from __future__ import annotations
 
-from .compaction import CompactionError, CompactionResult, compact_room
+from .compaction import (
+    CompactionError,
+    CompactionResult,
+    CurrentDocument,
+    EncodedDocument,
+    compact_room,
+)
 from .documents import (
     TEXT_NAME,
     UPDATES_PER_TRANSACTION,
@@ -28,6 +34,8 @@ __all__ = [
     "AppendResult",
     "CompactionError",
     "CompactionResult",
+    "CurrentDocument",
+    "EncodedDocument",
     "GroupCommitter",
     "LogChanged",
     "RoomNotFound",

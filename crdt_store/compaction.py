@@ -1,8 +1,9 @@
 """Compaction: fold a room's log into its snapshot, deleting exactly the rows that went in.
 
     read, from one consistent snapshot: snapshot S covering seq <= a, log rows (a, h], head h
-    build a Doc from S + rows, encode it, VERIFY the encoding (decode it again: same text,
-        same state vector, and no struct of any row missing from it)
+    build a Doc from S + rows (or take a loaded room's document as of row h, already that
+        fold), encode it, VERIFY the encoding (decode it again: same text, same state vector,
+        and no struct of any row missing from it)
     write, in one transaction: the new snapshot covering seq <= h, only if S is still the
         room's snapshot (else another compaction won: give up), and delete the rows (a, h],
         checking that exactly the rows read were deleted
@@ -18,6 +19,7 @@ Never `pycrdt.merge_updates` here: it is quadratic in the number of updates (260
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,16 +51,49 @@ class CompactionResult:
     seconds: float
 
 
-def encode_verified(state: RoomState) -> bytes:
-    """The room's whole state as one update, checked by decoding it again (CPU-bound)."""
-    doc = doc_from_state(state)
-    encoded = doc.get_update()
+@dataclass(frozen=True)
+class EncodedDocument:
+    """A document encoded as one update, with what its decoding must show again."""
+
+    update: bytes
+    text: str
+    state_vector: bytes
+    #: The log row up to which it holds every row (and nothing after it).
+    head: int = 0
+
+    @classmethod
+    def of(cls, doc: Doc[Any], head: int = 0) -> EncodedDocument:
+        return cls(doc.get_update(), text_of(doc), doc.get_state(), head)
+
+
+#: A loaded room's document, encoded at a moment it holds exactly the log rows up to its head
+#: (None when it holds more: edits not yet committed, or rows above a gap in what it received).
+CurrentDocument = Callable[[], Awaitable[EncodedDocument | None]]
+
+
+def encode_verified(state: RoomState, current: EncodedDocument | None = None) -> bytes:
+    """The room's whole state as one update, checked by decoding it again (CPU-bound).
+
+    With `current` (the loaded room's document as of `state.head`), the fold of the log is
+    skipped: the room's document is that fold already. Should it fail verification, the log is
+    folded after all, and that fold decides.
+    """
+    if current is not None:
+        try:
+            return _verified(state, current)
+        except CompactionError:
+            pass
+    return _verified(state, EncodedDocument.of(doc_from_state(state)))
+
+
+def _verified(state: RoomState, document: EncodedDocument) -> bytes:
+    encoded = document.update
     check: Doc[Any] = Doc()
     check.apply_update(encoded)
-    if text_of(check) != text_of(doc):
+    if text_of(check) != document.text:
         raise CompactionError(f"room {state.room_id}: the snapshot does not hold the same text")
     vector = check.get_state()
-    if decode_state_vector(vector) != decode_state_vector(doc.get_state()):
+    if decode_state_vector(vector) != decode_state_vector(document.state_vector):
         raise CompactionError(f"room {state.room_id}: the snapshot's state vector differs")
     # Every struct of every source must be in the snapshot. yrs leaves out of its encoding the
     # structs still waiting for a missing dependency, and `get_state(update)` cannot tell
@@ -81,24 +116,35 @@ def encode_verified(state: RoomState) -> bytes:
 
 
 async def compact_room(
-    store: Store, room_id: str, *, min_updates: int = 1, dry_run: bool = False
+    store: Store,
+    room_id: str,
+    *,
+    min_updates: int = 1,
+    dry_run: bool = False,
+    current: CurrentDocument | None = None,
 ) -> CompactionResult:
     """Fold the room's log into its snapshot (see the module docstring).
 
     Safe beside a live server and beside other compactions. The CPU-heavy part runs in a
-    worker thread. Raises `RoomNotFound`, `StoreUnavailable`, `CompactionError`.
+    worker thread. With `current` (a server compacting a room it holds), the rows up to the
+    room's head are folded into the room's document instead of a new fold of the log.
+    Raises `RoomNotFound`, `StoreUnavailable`, `CompactionError`.
     """
     started = time.perf_counter()
+    # Encoded before the log is read: a compaction elsewhere in between folds rows up to the
+    # document's head or past it, and what is left to fold is read below either way.
+    document = await current() if current is not None else None
     async with store.compaction_lock(room_id) as taken:
         if not taken:
             state = RoomState(room_id, None, 0, [], 0)
             return _result(state, started, b"", skipped="another compaction is running")
-        state = await store.load_room_state(room_id)
+        upto = document.head if document is not None else None
+        state = await store.load_room_state(room_id, upto=upto)
         if not state.updates or len(state.updates) < min_updates:
             return _result(
                 state, started, b"", skipped=f"{len(state.updates)} log rows (< {min_updates})"
             )
-        encoded = await anyio.to_thread.run_sync(encode_verified, state)
+        encoded = await anyio.to_thread.run_sync(encode_verified, state, document)
         if dry_run:
             return _result(state, started, encoded, skipped="dry run")
         if not await store.replace_log_with_snapshot(state, encoded):

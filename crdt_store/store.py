@@ -26,9 +26,10 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .appender import APPEND_ROWS, LogAppender, append_parameters
 from .errors import LogChanged, RoomNotFound, StoreUnavailable
 from .schema import room_snapshots, room_updates, rooms
-from .urls import async_url, is_postgresql, network_parameters, redact
+from .urls import async_url, is_postgresql, libpq_url, network_parameters, redact
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,6 @@ class AppendResult:
     missing: set[str] = field(default_factory=set)
 
 
-#: PostgreSQL connections kept for log appends: the group commit runs one append at a time.
-_APPEND_POOL_SIZE = 2
 #: Rows fetched per round trip when loading a log: each partition is processed on the event
 #: loop, so it is kept small (5,000 rows held the loop ~145 ms).
 _LOAD_PARTITION_ROWS = 1000
@@ -217,11 +216,11 @@ class Store:
     """
 
     def __init__(
-        self, engine: AsyncEngine, url: str, *, append_engine: AsyncEngine | None = None
+        self, engine: AsyncEngine, url: str, *, appender: LogAppender | None = None
     ) -> None:
         self.engine = engine
-        #: Where log appends run: on PostgreSQL, autocommit connections of their own (below).
-        self._append_engine = append_engine or engine
+        #: Where log appends run on PostgreSQL: a connection of their own (`LogAppender`).
+        self._appender = appender
         self.url = url
         self.is_postgresql = is_postgresql(url)
 
@@ -236,38 +235,28 @@ class Store:
         parameters in `url` (`keepalives_idle`, `tcp_user_timeout`, ...) win over ours.
         SQLite has no network: waits for its locks are bounded by its busy timeout (30 s).
 
-        Log appends (the group commit, many a second) get a pool of their own on PostgreSQL:
-        autocommit, since an append is one statement, and without a pre-ping, whose round trip
-        per checkout cost as much as the append; a connection that died since its last use
-        fails the append as `StoreUnavailable` (the room retries) and is replaced.
+        Log appends (the group commit, many a second) get a connection of their own on
+        PostgreSQL (`LogAppender`): autocommit, since an append is one statement, and without a
+        pre-ping, whose round trip cost as much as the append; a connection that died since its
+        last use fails the append as `StoreUnavailable` (the room retries) and is replaced.
         """
         if not is_postgresql(url):
             engine = create_async_engine(async_url(url), connect_args={"timeout": 30})
             _configure_sqlite(engine)
             return cls(engine, url)
-        engine_url = async_url(url)
-        connect_args = {
-            "async_creator_fn": answer_bounded_connector(answer_timeout),
-            **network_parameters(url, answer_timeout),
-        }
+        connect = answer_bounded_connector(answer_timeout)
+        network = network_parameters(url, answer_timeout)
         return cls(
             create_async_engine(
-                engine_url,
+                async_url(url),
                 pool_size=pool_size,
                 max_overflow=pool_size,
                 pool_timeout=answer_timeout,
                 pool_pre_ping=True,
-                connect_args=connect_args,
+                connect_args={"async_creator_fn": connect, **network},
             ),
             url,
-            append_engine=create_async_engine(
-                engine_url,
-                pool_size=_APPEND_POOL_SIZE,
-                max_overflow=_APPEND_POOL_SIZE,
-                pool_timeout=answer_timeout,
-                isolation_level="AUTOCOMMIT",
-                connect_args=connect_args,
-            ),
+            appender=LogAppender(libpq_url(url), connect, network),
         )
 
     async def close(self) -> None:
@@ -277,20 +266,15 @@ class Store:
         return f"Store({redact(self.url)!r})"
 
     @asynccontextmanager
-    async def _transaction(
-        self, *, snapshot: bool = False, appending: bool = False
-    ) -> AsyncIterator[AsyncConnection]:
+    async def _transaction(self, *, snapshot: bool = False) -> AsyncIterator[AsyncConnection]:
         """A transaction whose connection failures surface as `StoreUnavailable`.
 
         `snapshot=True` reads every statement from one snapshot (REPEATABLE READ on PostgreSQL;
         SQLite transactions always are), so a compaction committing between two reads cannot
-        make a load skip the rows it folded away. `appending=True` takes a connection of the
-        append pool: on PostgreSQL each statement is then a transaction of its own
-        (autocommit), the same atomicity for a single statement without BEGIN and COMMIT.
+        make a load skip the rows it folded away.
         """
-        engine = self._append_engine if appending else self.engine
         try:
-            async with engine.connect() as conn:
+            async with self.engine.connect() as conn:
                 if snapshot and self.is_postgresql:
                     await conn.execution_options(isolation_level="REPEATABLE READ")
                 async with conn.begin():
@@ -308,13 +292,12 @@ class Store:
             raise
 
     async def _dispose_pools(self) -> None:
-        """Close the idle connections of both pools; connections in use are left alone. Also
-        after a lost connection: the idle ones share its network path, and each dead one would
-        cost an answer timeout on its next use (SQLAlchemy recycles only the pool where the
-        loss was seen)."""
+        """Close the idle connections, the pool's and the appender's; connections in use are
+        left alone. Also after a lost connection: the idle ones share its network path, and
+        each dead one would cost an answer timeout on its next use."""
         await self.engine.dispose()
-        if self._append_engine is not self.engine:
-            await self._append_engine.dispose()
+        if self._appender is not None:
+            await self._appender.reset()
 
     async def ping(self, *, within: float | None = None) -> None:
         """Raise `StoreUnavailable` unless the database answers a query, in at most `within`
@@ -417,20 +400,35 @@ class Store:
 
         Rooms deleted meanwhile are reported in `missing` and do not fail the others.
         """
-        async with self._transaction(appending=True) as conn:
-            return await append_in_transaction(conn, batches)
+        if self._appender is None:
+            async with self._transaction() as conn:
+                return await append_in_transaction(conn, batches)
+        ordered = _in_lock_order(batches)
+        if not ordered:
+            return AppendResult()
+        try:
+            return _appended(ordered, await self._appender.append(ordered))
+        except StoreUnavailable:
+            await self._dispose_pools()
+            raise
 
-    async def load_room_state(self, room_id: str, *, after: int = 0) -> RoomState:
+    async def load_room_state(
+        self, room_id: str, *, after: int = 0, upto: int | None = None
+    ) -> RoomState:
         """The room's snapshot and the log rows after it, read from one consistent snapshot.
 
         With `after`, what a document holding rows up to `after` lacks: the rows after it, or,
         if a compaction folded some of those away, the snapshot and the rows after the snapshot.
-        Rows are streamed in partitions so a long log does not hold the event loop.
+        With `upto`, only the rows up to that seq (the state as of that row; a snapshot beyond
+        it is returned as it is, with no rows). Rows are streamed in partitions so a long log
+        does not hold the event loop.
         """
         async with self._transaction(snapshot=True) as conn:
             head = await conn.scalar(select(rooms.c.head).where(rooms.c.id == room_id))
             if head is None:
                 raise RoomNotFound(room_id)
+            if upto is not None:
+                head = min(head, upto)
             snapshot = None
             if head > after:
                 snapshot = (
@@ -446,7 +444,11 @@ class Store:
             if head > snapshot_seq:
                 rows = await conn.stream_scalars(
                     select(room_updates.c.data)
-                    .where(room_updates.c.room_id == room_id, room_updates.c.seq > snapshot_seq)
+                    .where(
+                        room_updates.c.room_id == room_id,
+                        room_updates.c.seq > snapshot_seq,
+                        room_updates.c.seq <= head,
+                    )
                     .order_by(room_updates.c.seq)
                     .execution_options(yield_per=_LOAD_PARTITION_ROWS)
                 )
@@ -558,23 +560,21 @@ class Store:
 async def append_in_transaction(
     conn: AsyncConnection, batches: Mapping[str, Sequence[bytes]]
 ) -> AppendResult:
-    """The statements of `Store.append_batches`, inside the caller's transaction (or, on
-    PostgreSQL, as one statement that is a transaction of its own in autocommit mode).
+    """The statements of `Store.append_batches`, inside the caller's transaction.
 
     Each room's head counter is bumped with its rows, rooms locked in id order (a fixed lock
     order, so two processes appending to the same rooms cannot deadlock); the row lock is held
     to COMMIT, so a room's sequence numbers are handed out in commit order.
     """
-    rooms_in_order = sorted(room_id for room_id, updates in batches.items() if updates)
-    if not rooms_in_order:
+    ordered = _in_lock_order(batches)
+    if not ordered:
         return AppendResult()
     if conn.dialect.name == "postgresql":
-        return await _append_in_one_statement(conn, {r: batches[r] for r in rooms_in_order})
+        return _appended(ordered, await _append_in_one_statement(conn, ordered))
     now = _now()
     result = AppendResult()
     rows: list[dict[str, Any]] = []
-    for room_id in rooms_in_order:
-        updates = batches[room_id]
+    for room_id, updates in ordered.items():
         count = len(updates)
         head = await conn.scalar(
             update(rooms)
@@ -600,56 +600,29 @@ async def append_in_transaction(
     return result
 
 
-#: `append_in_transaction` on PostgreSQL: every room's head bump and every row in ONE statement,
-#: a single round trip. The group commit of many rooms at human typing speed had spent most of
-#: its time in one UPDATE round trip per room, BEGIN, an INSERT and COMMIT (profiled: 100 rooms,
-#: 20-250 ms a commit); parameters are sent in binary (`%b`), or every bytea is hex-escaped.
-_APPEND_ROWS = """
-WITH locked AS (
-    SELECT id FROM rooms WHERE id = ANY(%(rooms)b::text[]) ORDER BY id FOR UPDATE
-), batch AS (
-    SELECT b.room_id, b.n, b.size
-    FROM unnest(%(rooms)b::text[], %(counts)b::int8[], %(sizes)b::int8[]) AS b(room_id, n, size)
-    JOIN locked ON locked.id = b.room_id
-), bumped AS (
-    UPDATE rooms SET head = rooms.head + batch.n,
-                     log_updates = rooms.log_updates + batch.n,
-                     log_bytes = rooms.log_bytes + batch.size
-    FROM batch WHERE rooms.id = batch.room_id
-    RETURNING rooms.id, rooms.head, batch.n
-), appended AS (
-    INSERT INTO room_updates (room_id, seq, data, created_at)
-    SELECT u.room_id, bumped.head - bumped.n + u.ord, u.data, now()
-    FROM unnest(%(row_rooms)b::text[], %(row_ords)b::int8[], %(row_data)b::bytea[])
-        AS u(room_id, ord, data)
-    JOIN bumped ON bumped.id = u.room_id
-)
-SELECT id, head FROM bumped
-"""
+def _in_lock_order(batches: Mapping[str, Sequence[bytes]]) -> dict[str, Sequence[bytes]]:
+    """The rooms that have rows, in id order: the order their rows are locked in."""
+    return {room_id: batches[room_id] for room_id in sorted(batches) if batches[room_id]}
+
+
+def _appended(batches: Mapping[str, Sequence[bytes]], heads: dict[str, int]) -> AppendResult:
+    return AppendResult(heads=heads, missing=set(batches) - heads.keys())
 
 
 async def _append_in_one_statement(
     conn: AsyncConnection, batches: Mapping[str, Sequence[bytes]]
-) -> AppendResult:
-    room_ids = list(batches)
-    parameters = {
-        "rooms": room_ids,
-        "counts": [len(batches[r]) for r in room_ids],
-        "sizes": [sum(map(len, batches[r])) for r in room_ids],
-        "row_rooms": [r for r in room_ids for _ in batches[r]],
-        "row_ords": [i for r in room_ids for i in range(1, len(batches[r]) + 1)],
-        "row_data": [data for r in room_ids for data in batches[r]],
-    }
+) -> dict[str, int]:
+    """`APPEND_ROWS` inside the caller's SQLAlchemy transaction (`LogAppender` runs it alone)."""
     raw = await conn.get_raw_connection()
     driver: psycopg.AsyncConnection[Any] = raw.driver_connection  # type: ignore[assignment]
     try:
-        cursor = await driver.execute(_APPEND_ROWS, parameters, prepare=True)
+        cursor = await driver.execute(APPEND_ROWS, append_parameters(batches), prepare=True)
         heads = dict(await cursor.fetchall())
     except psycopg.Error as error:
         # Raised by the driver, past SQLAlchemy: translated as SQLAlchemy translates its own,
         # so that `Store._transaction` reports a lost connection as `StoreUnavailable`.
-        raise DBAPIError.instance(_APPEND_ROWS, None, error, psycopg.Error) from error
-    return AppendResult(heads=heads, missing=set(room_ids) - heads.keys())
+        raise DBAPIError.instance(APPEND_ROWS, None, error, psycopg.Error) from error
+    return heads
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -12,7 +12,9 @@ from pycrdt import Doc, Text
 
 from crdt_store import (
     CompactionError,
+    EncodedDocument,
     Store,
+    apply_updates,
     compact_room,
     doc_from_state,
     text_of,
@@ -143,6 +145,49 @@ async def test_replayed_editing_session_compacts_to_its_end_content(store: Store
     state = await store.load_room_state(room_id)
     assert len(state.updates) == 0 and state.snapshot is not None
     assert text_of(doc_from_state(state)) == trace.end_content
+
+
+def current_document(updates: list[bytes], head: int) -> Any:
+    """A loaded room's document (`compact_room(current=...)`) holding `updates`, said to be
+    the log as of row `head`."""
+    doc: Doc[Any] = Doc()
+    apply_updates(doc, updates, room_id="r")
+
+    async def current() -> EncodedDocument:
+        return EncodedDocument.of(doc, head)
+
+    return current
+
+
+async def test_a_compaction_from_the_rooms_document_folds_the_rows_up_to_its_head(
+    store: Store,
+) -> None:
+    """Rows committed after the document was encoded stay in the log, after the snapshot."""
+    updates = typed_updates("abcde")
+    room_id = await room_with(store, updates)
+    result = await compact_room(store, room_id, current=current_document(updates[:3], 3))
+    assert result.compacted and (result.log_rows, result.upto_seq) == (3, 3)
+    state = await store.load_room_state(room_id)
+    assert (state.snapshot_seq, len(state.updates)) == (3, 2)
+    assert text_of(doc_from_state(state)) == "abcde"
+
+
+async def test_a_rooms_document_that_lacks_a_row_is_not_trusted(store: Store) -> None:
+    """Said to hold rows up to 3 but holding 2 of them: the log is folded instead."""
+    updates = typed_updates("abcde")
+    room_id = await room_with(store, updates)
+    result = await compact_room(store, room_id, current=current_document(updates[:2], 3))
+    assert result.compacted and result.upto_seq == 3
+    assert await loaded_text(store, room_id) == "abcde"
+
+
+async def test_a_rooms_document_older_than_the_snapshot_compacts_nothing(store: Store) -> None:
+    updates = typed_updates("abc")
+    room_id = await room_with(store, updates)
+    await compact_room(store, room_id)
+    result = await compact_room(store, room_id, current=current_document(updates[:2], 2))
+    assert not result.compacted and "0 log rows" in result.skipped
+    assert await loaded_text(store, room_id) == "abc"
 
 
 class Writer:

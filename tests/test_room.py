@@ -18,7 +18,7 @@ from collab_server.closecodes import CloseCode
 from collab_server.protocol import read_var_bytes
 from collab_server.room import GAP_WAIT_SECONDS, CollabRoom
 from collab_server.settings import Settings
-from crdt_store import Store, compact_room, text_of, text_update
+from crdt_store import EncodedDocument, Store, compact_room, text_of, text_update
 from crdt_store.fanout import Committed
 from crdt_store.schema import room_updates
 from tests.support.memory_socket import MemoryWebSocket, memory_connection
@@ -264,3 +264,45 @@ async def test_gaps_that_keep_being_filled_in_time_never_read_the_log(
         assert text_of(room.ydoc) == await loaded_text(store, room.room_id)
         await anyio.sleep(GAP_WAIT_SECONDS * 1.5)
         assert gap_catch_ups() == before
+
+
+# -- the document offered to compaction ------------------------------------------------------
+
+
+async def test_a_room_offers_compaction_its_document_once_the_commit_in_flight_is_done(
+    settings: Settings, sqlite_url: str
+) -> None:
+    async with a_loaded_room(settings) as (store, room):
+        writer, writer_socket = memory_connection(room.room_id)
+        offered: list[EncodedDocument | None] = []
+
+        async def offer() -> None:
+            offered.append(await room._document_at_head())
+
+        with database_write_locked(sqlite_url) as lock:
+            async with serving(room, writer), anyio.create_task_group() as tg:
+                writer_socket.feed(create_update_message(text_update("typed")))
+                await wait_text(room, "typed")
+                tg.start_soon(offer)
+                await anyio.sleep(0.3)
+                assert offered == [], "nothing is offered while the edit is uncommitted"
+                lock.rollback()
+        [document] = offered
+        assert document is not None and (document.head, document.text) == (1, "typed")
+
+
+async def test_a_room_holding_its_own_commit_above_a_gap_offers_no_document(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its document holds a row past its head: it is not the log as of the head."""
+    monkeypatch.setattr("collab_server.room.GAP_WAIT_SECONDS", 60.0)  # the gap stays open
+    async with a_loaded_room(settings) as (store, room):
+        await appended_elsewhere(store, room.room_id, "theirs")
+        writer, writer_socket = memory_connection(room.room_id)
+        async with serving(room, writer):
+            writer_socket.feed(create_update_message(text_update("mine")))
+            with anyio.fail_after(5):
+                while "mine" not in text_of(room.ydoc) or room._pending:
+                    await anyio.sleep(0.01)
+            assert room.head == 0
+            assert await room._document_at_head() is None

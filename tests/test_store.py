@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
+import psycopg
 import pytest
 from pycrdt import Doc, Text
 
@@ -19,7 +21,7 @@ from crdt_store import (
     text_of,
     text_update,
 )
-from crdt_store.urls import network_parameters
+from crdt_store.urls import libpq_url, network_parameters
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.anyio
@@ -184,6 +186,33 @@ async def test_group_committer_returns_committed_rows_even_if_announcing_them_fa
         with anyio.fail_after(5):
             assert await committer.append(room.id, [text_update("x")]) == (1, 1)
             assert await committer.append(room.id, [text_update("y")]) == (2, 2)
+
+
+@pytest.mark.postgres
+async def test_an_append_connection_the_database_terminated_fails_one_append_then_reconnects(
+    postgres_url: str,
+) -> None:
+    """Appends keep one connection of their own (named for `pg_stat_activity`); after the
+    database ends it (a restart, a failover, an operator), the next append after the failed
+    one runs on a new connection."""
+    store = Store.connect(postgres_url)
+    try:
+        room = await store.create_room(name="r", language="plaintext")
+        await store.append_updates(room.id, [text_update("a")])
+        name = f"collab-server:append {os.getpid()}"
+        with psycopg.connect(libpq_url(postgres_url), autocommit=True) as admin:
+            terminated = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                [name],
+            ).fetchall()
+        assert len(terminated) == 1
+        with pytest.raises(StoreUnavailable):
+            await store.append_updates(room.id, [text_update("lost")])
+        assert await store.append_updates(room.id, [text_update("b")]) == 2
+        assert sorted(await loaded_text(store, room.id)) == ["a", "b"]
+    finally:
+        await store.close()
 
 
 async def test_unreachable_database_raises_store_unavailable() -> None:
