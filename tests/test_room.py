@@ -272,7 +272,7 @@ async def test_gaps_that_keep_being_filled_in_time_never_read_the_log(
 async def test_a_room_offers_compaction_its_document_once_the_commit_in_flight_is_done(
     settings: Settings, sqlite_url: str
 ) -> None:
-    async with a_loaded_room(settings) as (store, room):
+    async with a_loaded_room(settings) as (_store, room):
         writer, writer_socket = memory_connection(room.room_id)
         offered: list[EncodedDocument | None] = []
 
