@@ -23,6 +23,12 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_FAILURE_SECONDS = 60.0
+#: Compactions running at once. Each holds two pooled connections while it runs (its room's
+#: advisory lock, and its reads and writes), and their CPU-bound part shares one GIL anyway.
+#: Unbounded, twenty rooms unloading together took every connection of the pool for their
+#: locks and waited for a second one until the pool's timeout, failing them all and the REST
+#: requests beside them (503).
+MAX_RUNNING = 2
 #: Called with the room's stored figures once a compaction attempt ends (the log may have been
 #: compacted by another process meanwhile: the stored figures are the truth).
 OnDone = Callable[[RoomRecord], None]
@@ -33,6 +39,7 @@ class Compactor:
         self._store = store
         self._settings = settings
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._slots = asyncio.Semaphore(MAX_RUNNING)
         self._failed_at: dict[str, float] = {}
 
     def due(self, log_updates: int, log_bytes: int) -> bool:
@@ -65,7 +72,8 @@ class Compactor:
     ) -> None:
         log = room_logger(logger, room_id)
         try:
-            result = await compact_room(self._store, room_id, current=current)
+            async with self._slots:
+                result = await compact_room(self._store, room_id, current=current)
             record = await self._store.get_room(room_id)
         except RoomNotFound:
             return

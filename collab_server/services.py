@@ -108,7 +108,11 @@ async def running_services(settings: Settings) -> AsyncIterator[Services]:
     )
     try:
         async with (
-            GroupCommitter(store, on_committed=fanout.publish_committed) as committer,
+            GroupCommitter(
+                store,
+                on_committed=fanout.publish_committed,
+                min_interval=settings.commit_interval_seconds,
+            ) as committer,
             RoomManager(store, committer, compactor, settings, fanout) as rooms,
             fanout.running(rooms.deliver),
         ):

@@ -11,7 +11,7 @@ from pycrdt import Doc, Text
 
 from collab_server.compactor import Compactor
 from collab_server.settings import Settings
-from crdt_store import Store
+from crdt_store import Store, text_update
 
 pytestmark = pytest.mark.anyio
 
@@ -37,3 +37,27 @@ async def test_a_failed_compaction_is_not_retried_at_every_trigger(store: Store)
             while room.id in compactor._running:
                 await anyio.sleep(0.01)
     assert failed_compactions() == before + 1
+
+
+@pytest.mark.postgres
+async def test_many_rooms_compacting_at_once_leave_connections_for_everything_else(
+    postgres_url: str,
+) -> None:
+    """Each compaction holds a connection for its lock and needs another to read and write:
+    as many compactions as the pool has connections must not take them all."""
+    store = Store.connect(postgres_url, pool_size=2, answer_timeout=2.0)  # 4 connections
+    try:
+        rooms = [await store.create_room(name=f"r{i}", language="plaintext") for i in range(8)]
+        for room in rooms:
+            await store.append_updates(room.id, [text_update("x")])
+        compactor = Compactor(store, Settings(database_url=postgres_url))
+        for room in rooms:
+            compactor.request(room.id)
+        with anyio.fail_after(1.5):  # less than the pool's timeout
+            await store.create_room(name="beside", language="plaintext")
+        with anyio.fail_after(10):
+            while compactor._running:
+                await anyio.sleep(0.01)
+        assert [(await store.get_room(room.id)).log_updates for room in rooms] == [0] * 8
+    finally:
+        await store.close()

@@ -142,26 +142,54 @@ async def test_deleted_room_is_gone_with_its_log(store: Store) -> None:
     assert await loaded_text(store, recreated.id) == ""
 
 
+def counting_commits(store: Store) -> list[int]:
+    """Count the store's append transactions: the list holds one entry per commit."""
+    commits: list[int] = []
+    append_batches = store.append_batches
+
+    async def counting(batches):  # type: ignore[no-untyped-def]
+        commits.append(len(batches))
+        return await append_batches(batches)
+
+    store.append_batches = counting  # type: ignore[method-assign]
+    return commits
+
+
 async def test_group_committer_folds_concurrent_appends_into_one_transaction(
     store: Store,
 ) -> None:
     rooms = [await store.create_room(name=str(i), language="plaintext") for i in range(3)]
-    transactions = 0
-    append_batches = store.append_batches
-
-    async def counting(batches):  # type: ignore[no-untyped-def]
-        nonlocal transactions
-        transactions += 1
-        return await append_batches(batches)
-
-    store.append_batches = counting  # type: ignore[method-assign]
+    commits = counting_commits(store)
     async with GroupCommitter(store) as committer, anyio.create_task_group() as tg:
         for room in rooms:
             for update in typed_updates("xyz"):
                 tg.start_soon(committer.append, room.id, [update])
-    assert transactions <= 2  # the first append may commit alone; the rest join one batch
+    assert len(commits) <= 2  # the first append may commit alone; the rest join one batch
     for room in rooms:
         assert await loaded_text(store, room.id) == "xyz"
+
+
+async def test_appends_arriving_within_the_commit_interval_share_one_commit(
+    store: Store,
+) -> None:
+    """A steady stream (a keystroke every 20 ms in each of three rooms) is gathered for the
+    interval after a commit, instead of a commit each."""
+    rooms = [await store.create_room(name=str(i), language="plaintext") for i in range(3)]
+    commits = counting_commits(store)
+    async with GroupCommitter(store, min_interval=0.5) as committer:
+        await committer.append(rooms[0].id, [text_update("first")])
+        async with anyio.create_task_group() as tg:
+            for room in rooms:
+                tg.start_soon(committer.append, room.id, [text_update(room.name)])
+                await anyio.sleep(0.02)
+    assert commits == [1, 3]
+
+
+async def test_an_append_after_a_quiet_moment_is_committed_at_once(store: Store) -> None:
+    room = await store.create_room(name="r", language="plaintext")
+    async with GroupCommitter(store, min_interval=30.0) as committer:
+        with anyio.fail_after(5):
+            assert await committer.append(room.id, [text_update("x")]) == (1, 1)
 
 
 async def test_group_committer_reports_a_deleted_room_without_failing_others(
