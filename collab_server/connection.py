@@ -112,7 +112,8 @@ class Connection:
         self.send_nowait(message)
 
     def send_nowait(self, message: bytes) -> None:
-        """Queue a frame for the writer; close the client if it has stopped reading."""
+        """Send a frame: at once while the socket takes it, else queued behind what waits for
+        the writer; close the client if it has stopped reading."""
         if self._close is not None:
             return
         if self._writer_idle:
