@@ -210,6 +210,15 @@ async def test_a_room_behind_a_compaction_catches_up_from_the_snapshot(
         assert room.head == 2
 
 
+async def typed_and_committing(room: CollabRoom, socket: MemoryWebSocket, text: str) -> None:
+    """A client types `text` into the room; returns once it is in the room's document and
+    taken into a commit (nothing pending)."""
+    socket.feed(create_update_message(text_update(text)))
+    with anyio.fail_after(5):
+        while text not in text_of(room.ydoc) or room._pending:
+            await anyio.sleep(0.01)
+
+
 async def test_an_own_commit_after_rows_not_yet_heard_of_ends_with_both_applied(
     settings: Settings,
 ) -> None:
@@ -217,10 +226,7 @@ async def test_an_own_commit_after_rows_not_yet_heard_of_ends_with_both_applied(
         elsewhere = await appended_elsewhere(store, room.room_id, "theirs")
         writer, writer_socket = memory_connection(room.room_id)
         async with serving(room, writer):
-            writer_socket.feed(create_update_message(text_update("mine")))
-            with anyio.fail_after(5):
-                while "mine" not in text_of(room.ydoc) or room._pending:
-                    await anyio.sleep(0.01)
+            await typed_and_committing(room, writer_socket, "mine")
             room.receive_committed(elsewhere)
             await wait_text(room, await loaded_text(store, room.room_id))
             assert room.head == 2
@@ -300,9 +306,6 @@ async def test_a_room_holding_its_own_commit_above_a_gap_offers_no_document(
         await appended_elsewhere(store, room.room_id, "theirs")
         writer, writer_socket = memory_connection(room.room_id)
         async with serving(room, writer):
-            writer_socket.feed(create_update_message(text_update("mine")))
-            with anyio.fail_after(5):
-                while "mine" not in text_of(room.ydoc) or room._pending:
-                    await anyio.sleep(0.01)
+            await typed_and_committing(room, writer_socket, "mine")
             assert room.head == 0
             assert await room._document_at_head() is None
