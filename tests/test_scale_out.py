@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Callable
 
 import anyio
-import psycopg
 import pytest
 from pycrdt import Doc, Text, YMessageType, YSyncMessageType, create_sync_message
 from websockets.asyncio.client import connect
@@ -20,6 +19,7 @@ from crdt_store import Store, text_update
 from crdt_store.store import append_in_transaction
 from tests.conftest import ServerFactory
 from tests.support.node_client import NodeYClient, utf16_len
+from tests.support.postgres import terminate_connections
 from tests.support.server import ServerProcess
 from tests.support.tcp_proxy import TcpProxy
 from tests.test_sync import create_room, synced_client, wait_rest_content
@@ -210,13 +210,7 @@ async def test_a_process_whose_listen_connection_is_terminated_catches_up(
 def terminate_listener(database_url: str, server: ServerProcess) -> int:
     """pg_terminate_backend on the server's LISTEN connection; how many were terminated."""
     assert server.process is not None
-    name = f"collab-server:listen {server.process.pid}"
-    with psycopg.connect(database_url, autocommit=True) as admin:
-        rows = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
-            [name],
-        ).fetchall()
-    return len(rows)
+    return terminate_connections(database_url, f"collab-server:listen {server.process.pid}")
 
 
 async def test_a_row_is_never_visible_before_an_earlier_row_commits(postgres_url: str) -> None:

@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
-import psycopg
 import pytest
 from pycrdt import Doc, Text
 
@@ -21,7 +20,8 @@ from crdt_store import (
     text_of,
     text_update,
 )
-from crdt_store.urls import libpq_url, network_parameters
+from crdt_store.urls import network_parameters
+from tests.support.postgres import terminate_connections
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.anyio
@@ -227,14 +227,7 @@ async def test_an_append_connection_the_database_terminated_fails_one_append_the
     try:
         room = await store.create_room(name="r", language="plaintext")
         await store.append_updates(room.id, [text_update("a")])
-        name = f"collab-server:append {os.getpid()}"
-        with psycopg.connect(libpq_url(postgres_url), autocommit=True) as admin:
-            terminated = admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = %s",
-                [name],
-            ).fetchall()
-        assert len(terminated) == 1
+        assert terminate_connections(postgres_url, f"collab-server:append {os.getpid()}") == 1
         with pytest.raises(StoreUnavailable):
             await store.append_updates(room.id, [text_update("lost")])
         assert await store.append_updates(room.id, [text_update("b")]) == 2
