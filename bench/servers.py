@@ -74,6 +74,9 @@ class Usage:
     over the server's processes."""
 
     cpu: float
+    #: The part of `cpu` spent in the kernel (system time): sockets, wake-ups. What a server
+    #: cannot save by being faster itself.
+    system: float
     #: The services ours stores in and relays through: the PostgreSQL backends serving its
     #: database, and Redis when its processes relay through it (0 for the others).
     services_cpu: float
@@ -84,15 +87,25 @@ class Usage:
 
     def __sub__(self, before: Usage) -> Usage:
         return Usage(
-            self.cpu - before.cpu, self.services_cpu - before.services_cpu, self.rss, self.peak
+            self.cpu - before.cpu,
+            self.system - before.system,
+            self.services_cpu - before.services_cpu,
+            self.rss,
+            self.peak,
         )
 
 
-def process_cpu(pid: int) -> float:
-    """utime + stime + cutime + cstime of `/proc/<pid>/stat`, in seconds."""
+def process_times(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of `/proc/<pid>/stat`, waited-for children included."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces
-    return sum(int(value) for value in fields[11:15]) / _TICKS
+    utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+    return (utime + cutime) / _TICKS, (stime + cstime) / _TICKS
+
+
+def process_cpu(pid: int) -> float:
+    """User + system seconds of `/proc/<pid>/stat`, waited-for children included."""
+    return sum(process_times(pid))
 
 
 def process_memory(pid: int) -> tuple[int, int]:
@@ -244,8 +257,10 @@ class BenchServer:
 
     def usage(self) -> Usage:
         memory = [process_memory(pid) for pid in self.pids]
+        times = [process_times(pid) for pid in self.pids]
         return Usage(
-            sum(process_cpu(pid) for pid in self.pids),
+            sum(user + system for user, system in times),
+            sum(system for _, system in times),
             sum(meter.seconds() for meter in self._services),
             sum(rss for rss, _ in memory),
             sum(peak for _, peak in memory),
