@@ -1,11 +1,21 @@
-"""Log appends on PostgreSQL: one statement, on one connection of their own, without SQLAlchemy.
+"""Log appends on PostgreSQL: one prepared statement, on one connection of their own, through
+libpq itself.
 
 The group commit runs one append at a time, many a second (one per keystroke at human typing
-speed). Through SQLAlchemy's async engine an append cost ~850 µs of CPU (pool checkout, the
-greenlet bridge, the transaction and reset wrappers) where the statement on a plain psycopg
-connection costs ~360 µs (measured 2026-12-01, one room, one row): that difference was most of
-the server's CPU in the fan-out benchmark. So appends keep one autocommit psycopg connection,
-made like the pool's (the same answer bound and TCP parameters), and replace it when it is lost.
+speed), so the append's fixed cost is most of the server's CPU in the fan-out benchmark.
+Measured 2026-12-01, one room, one row, CPU of the server process per append:
+
+- through SQLAlchemy's async engine, ~850 µs (pool checkout, the greenlet bridge, the
+  transaction and reset wrappers);
+- `AsyncConnection.execute` on a plain psycopg connection, ~100 µs, and 6 epoll_ctl, 2
+  io_uring_enter and an ioctl: psycopg waits for each answer by adding a reader to the event
+  loop, and uvloop makes (and unmakes) a poll handle for it each time;
+- the prepared statement sent with `psycopg.pq`, its answer read by a reader that stays
+  registered for the connection's life, ~65 µs, and only the send and the receive.
+
+So appends keep one autocommit connection, made like the pool's (the same answer bound and TCP
+parameters), and replace it when it is lost. The standing reader also hears a connection that
+the database ends while it is idle, so the next append opens another instead of failing.
 """
 
 from __future__ import annotations
@@ -16,6 +26,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
+import psycopg.abc
+from psycopg import pq
+from psycopg.adapt import PyFormat, Transformer
+from psycopg.types.numeric import Int8
 
 from .errors import StoreUnavailable
 
@@ -48,29 +62,63 @@ WITH locked AS (
 SELECT id, head FROM bumped
 """
 
+#: `APPEND_ROWS`'s parameters, in the order of their PostgreSQL placeholders ($1, $2, ...).
+_PARAMETERS = ("rooms", "counts", "sizes", "row_rooms", "row_ords", "row_data")
+_PARAMETER_TYPES = tuple(
+    psycopg.postgres.types[name].array_oid
+    for name in ("text", "int8", "int8", "text", "int8", "bytea")
+)
+_BINARY_PARAMETERS = [PyFormat.BINARY] * len(_PARAMETERS)
+_STATEMENT = b"collab_append_rows"
+
+
+def _with_numbered_placeholders(query: str) -> bytes:
+    for number, name in enumerate(_PARAMETERS, start=1):
+        query = query.replace(f"%({name})b", f"${number}")
+    return query.encode()
+
 
 def append_parameters(batches: Mapping[str, Sequence[bytes]]) -> dict[str, list[Any]]:
     """`APPEND_ROWS`'s parameters for these rooms' rows (rooms in the order given)."""
     room_ids = list(batches)
     return {
         "rooms": room_ids,
-        "counts": [len(batches[r]) for r in room_ids],
-        "sizes": [sum(map(len, batches[r])) for r in room_ids],
+        "counts": [Int8(len(batches[r])) for r in room_ids],
+        "sizes": [Int8(sum(map(len, batches[r]))) for r in room_ids],
         "row_rooms": [r for r in room_ids for _ in batches[r]],
-        "row_ords": [i for r in room_ids for i in range(1, len(batches[r]) + 1)],
+        "row_ords": [Int8(i) for r in room_ids for i in range(1, len(batches[r]) + 1)],
         "row_data": [data for r in room_ids for data in batches[r]],
     }
+
+
+def _heads(result: pq.abc.PGresult) -> dict[str, int]:
+    heads = {}
+    for row in range(result.ntuples):
+        room_id, head = result.get_value(row, 0), result.get_value(row, 1)
+        assert room_id is not None and head is not None
+        heads[bytes(room_id).decode()] = int(head)
+    return heads
 
 
 class LogAppender:
     """Runs `APPEND_ROWS`, one call at a time, on a connection it opens when first needed."""
 
-    def __init__(self, conninfo: str, connect: Any, parameters: Mapping[str, int]) -> None:
+    def __init__(
+        self, conninfo: str, connect: Any, parameters: Mapping[str, int], answer_timeout: float
+    ) -> None:
         self._conninfo = conninfo
         self._connect = connect
         self._parameters = parameters
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._answer_timeout = answer_timeout
         self._lock = asyncio.Lock()
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._transformer: psycopg.abc.Transformer | None = None
+        #: The socket the standing reader watches (the connection's, while it is open).
+        self._socket = -1
+        #: Set when the connection can no longer be trusted: lost, or abandoned unanswered.
+        self._broken = False
+        self._answer: asyncio.Future[list[pq.abc.PGresult]] | None = None
+        self._results: list[pq.abc.PGresult] = []
 
     async def append(self, batches: Mapping[str, Sequence[bytes]]) -> dict[str, int]:
         """The rooms' heads after the append (rooms gone are absent). Raises `StoreUnavailable`
@@ -78,11 +126,16 @@ class LogAppender:
         then dropped and the next append opens another."""
         async with self._lock:
             try:
-                conn = await self._connection()
-                cursor = await conn.execute(APPEND_ROWS, append_parameters(batches), prepare=True)
-                return dict(await cursor.fetchall())
+                pgconn, transformer = await self._connection()
+                values = transformer.dump_sequence(
+                    list(append_parameters(batches).values()), _BINARY_PARAMETERS
+                )
+                pgconn.send_query_prepared(
+                    _STATEMENT, values, param_formats=[pq.Format.BINARY] * len(values)
+                )
+                return _heads(await self._answered(pgconn, pq.ExecStatus.TUPLES_OK))
             except psycopg.Error as error:
-                if self._conn is not None and not (self._conn.closed or self._conn.broken):
+                if self._conn is not None and not self._broken:
                     raise  # the statement failed, the connection is fine
                 await self._drop()
                 raise StoreUnavailable(f"database unavailable: {error}") from error
@@ -96,17 +149,102 @@ class LogAppender:
         if not self._lock.locked():
             await self._drop()
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+    async def _connection(self) -> tuple[pq.abc.PGconn, psycopg.abc.Transformer]:
+        if self._broken:
+            await self._drop()
         if self._conn is None:
-            self._conn = await self._connect(
+            conn = await self._connect(
                 self._conninfo,
                 autocommit=True,
                 application_name=f"collab-server:append {os.getpid()}",
                 **self._parameters,
             )
-        return self._conn
+            self._conn, self._transformer = conn, Transformer(conn)
+            self._socket = conn.pgconn.socket
+            asyncio.get_running_loop().add_reader(self._socket, self._on_readable)
+            try:
+                conn.pgconn.send_prepare(
+                    _STATEMENT, _with_numbered_placeholders(APPEND_ROWS), _PARAMETER_TYPES
+                )
+                await self._answered(conn.pgconn, pq.ExecStatus.COMMAND_OK)
+            except psycopg.Error:
+                self._broken = True  # a connection without the statement is of no use
+                raise
+        assert self._transformer is not None
+        return self._conn.pgconn, self._transformer
+
+    async def _answered(self, pgconn: pq.abc.PGconn, expected: pq.ExecStatus) -> pq.abc.PGresult:
+        """Flush what was sent and wait, at most the answer timeout, for its one result."""
+        loop = asyncio.get_running_loop()
+        self._results = []
+        self._answer = loop.create_future()
+        timer = loop.call_later(self._answer_timeout, self._abandon)
+        try:
+            self._flush(pgconn)
+            results = await self._answer
+        finally:
+            timer.cancel()
+            self._answer = None
+            loop.remove_writer(self._socket)
+        result = results[-1]
+        if result.status != expected:
+            assert self._conn is not None
+            raise psycopg.errors.error_from_result(result, encoding=self._conn.info.encoding)
+        return result
+
+    def _flush(self, pgconn: pq.abc.PGconn) -> None:
+        """Send what libpq holds; if the socket is full, again once it is writable."""
+        try:
+            if pgconn.flush():
+                asyncio.get_running_loop().add_writer(self._socket, self._flush, pgconn)
+            else:
+                asyncio.get_running_loop().remove_writer(self._socket)
+        except psycopg.OperationalError as error:
+            self._lost(error)
+
+    def _on_readable(self) -> None:
+        """Read what arrived; complete the answer awaited once its results are all in (when
+        libpq reports no more)."""
+        assert self._conn is not None
+        pgconn = self._conn.pgconn
+        try:
+            pgconn.consume_input()
+            while not pgconn.is_busy():
+                result = pgconn.get_result()
+                if result is None:
+                    if self._answer is not None and not self._answer.done() and self._results:
+                        self._answer.set_result(self._results)
+                    break
+                self._results.append(result)
+        except psycopg.OperationalError as error:
+            self._lost(error)
+            return
+        if pgconn.status != pq.ConnStatus.OK:  # ended by the server while idle
+            self._lost(psycopg.OperationalError("the database closed the connection"))
+
+    def _lost(self, error: psycopg.Error) -> None:
+        self._broken = True
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._socket)  # a closed socket stays readable: read it no more
+        loop.remove_writer(self._socket)
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(error)
+
+    def _abandon(self) -> None:
+        """A partition closes nothing and answers nothing: give up on the connection (a cancel
+        request would need a new connection to the unreachable server)."""
+        self._lost(
+            psycopg.errors.ConnectionTimeout(
+                f"the database did not answer in time ({self._answer_timeout:.3g} s)"
+            )
+        )
 
     async def _drop(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._transformer = self._conn, None, None
+        self._broken = False
         if conn is not None:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._socket)
+            loop.remove_writer(self._socket)
+            self._socket = -1
             await conn.close()

@@ -256,7 +256,7 @@ class Store:
                 connect_args={"async_creator_fn": connect, **network},
             ),
             url,
-            appender=LogAppender(libpq_url(url), connect, network),
+            appender=LogAppender(libpq_url(url), connect, network, answer_timeout),
         )
 
     async def close(self) -> None:

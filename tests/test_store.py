@@ -236,6 +236,24 @@ async def test_an_append_connection_the_database_terminated_fails_one_append_the
         await store.close()
 
 
+@pytest.mark.postgres
+async def test_an_append_connection_the_database_ended_while_idle_is_replaced_before_an_append(
+    postgres_url: str,
+) -> None:
+    """The appender keeps reading its idle connection: it hears the database end it and opens
+    another for the next append, which then does not fail."""
+    store = Store.connect(postgres_url)
+    try:
+        room = await store.create_room(name="r", language="plaintext")
+        await store.append_updates(room.id, [text_update("a")])
+        assert terminate_connections(postgres_url, f"collab-server:append {os.getpid()}") == 1
+        await anyio.sleep(0.1)  # the event loop reads the closed socket
+        assert await store.append_updates(room.id, [text_update("b")]) == 2
+        assert sorted(await loaded_text(store, room.id)) == ["a", "b"]
+    finally:
+        await store.close()
+
+
 async def test_unreachable_database_raises_store_unavailable() -> None:
     store = Store.connect("postgresql://nobody@127.0.0.1:1/none")
     try:

@@ -9,10 +9,12 @@ import psycopg
 
 
 def terminate_connections(database_url: str, application_name: str) -> int:
-    """`pg_terminate_backend` on every connection named `application_name`; how many."""
+    """`pg_terminate_backend` on every connection named `application_name`, each one gone (its
+    socket closed) on return; how many."""
     with psycopg.connect(database_url, autocommit=True) as admin:
         rows = admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+            " WHERE application_name = %s",
             [application_name],
         ).fetchall()
     return len(rows)
