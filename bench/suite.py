@@ -55,6 +55,8 @@ from tests.support.traces import TRACES
 
 TRACE = "automerge-paper"
 SCENARIOS = ("replay", "fanout", "join", "cold", "idle")
+#: The scenarios run in rounds (`Sizes.rounds`); cold opens take the median of their repeats.
+ROUNDED = ("replay", "fanout", "join")
 #: Updates per `Store.append_updates` call when the cold-open room's log is written.
 INGEST_BATCH = 1000
 MB = 1024 * 1024
@@ -118,9 +120,10 @@ class Sizes:
     #: (rooms, clients per room)
     fanout: tuple[tuple[int, int], ...]
     fanout_seconds: float
-    #: Fan-out rounds, each running every server once in turn: a single 10 s run on shared
-    #: cores moved ratios by ±0.1 and p99s by ±2 ms, so the report gives each figure's median.
-    fanout_rounds: int
+    #: Rounds of the replay, fan-out and join storm, each running every server once in turn:
+    #: single runs on shared cores moved ratios by ±0.1 to ±0.4 (a replay took 4.3 s alone and
+    #: 8.2 s in a suite run), so the report gives each figure's median over the rounds.
+    rounds: int
     #: keystrokes per second of each typist, drawn between these
     typing_rate: tuple[float, float]
     storm: int
@@ -206,10 +209,10 @@ class Idle:
 class Results:
     sizes: Sizes
     servers: list[str]
-    replay: dict[ReplayVariant, dict[str, Replay]] = field(default_factory=dict)
-    #: (rooms, clients) -> server -> its runs, one a round.
+    #: Per variant or size, per server, its runs (one a round).
+    replay: dict[ReplayVariant, dict[str, list[Replay]]] = field(default_factory=dict)
     fanout: dict[tuple[int, int], dict[str, list[Fanout]]] = field(default_factory=dict)
-    storm: dict[str, Storm] = field(default_factory=dict)
+    storm: dict[str, list[Storm]] = field(default_factory=dict)
     cold: dict[str, ColdOpen] = field(default_factory=dict)
     idle: dict[str, Idle] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
@@ -233,11 +236,11 @@ class Measure:
 
 
 async def replay(
-    server: BenchServer, work: Workload, sizes: Sizes, variant: ReplayVariant
+    server: BenchServer, work: Workload, sizes: Sizes, variant: ReplayVariant, round_: int
 ) -> Replay:
     """One writer replays the trace; `variant.observers` clients wait for its final text."""
     observers, throttled = variant.observers, variant.throttled
-    room = await server.room(f"replay-{observers}-{throttled}-{variant.edits}")
+    room = await server.room(f"replay-{observers}-{throttled}-{variant.edits}-round-{round_}")
     timeout = sizes.timeout
     base = {
         "trace": str(work.trace),
@@ -347,11 +350,11 @@ async def seeded(
     return room
 
 
-async def storm(server: BenchServer, work: Workload, sizes: Sizes) -> Storm:
+async def storm(server: BenchServer, work: Workload, sizes: Sizes, round_: int) -> Storm:
     """`sizes.storm` clients join the room holding the document, all at once."""
     timeout = sizes.timeout
     async with AsyncExitStack() as stack:
-        room = await seeded(stack, server, work, "storm", timeout)
+        room = await seeded(stack, server, work, f"storm-round-{round_}", timeout)
         halves = [sizes.storm - sizes.storm // 2, sizes.storm // 2]
         roles = [
             await stack.enter_async_context(
@@ -486,7 +489,7 @@ async def run(options: argparse.Namespace) -> tuple[Results, Workload]:
         trace = TRACES / f"{TRACE}.json.gz"
         work = await build_workload(trace, sizes.trace_limit, Path(directory))
         for scenario in options.only:
-            rounds = sizes.fanout_rounds if scenario == "fanout" else 1
+            rounds = sizes.rounds if scenario in ROUNDED else 1
             for round_, name in itertools.product(range(rounds), options.servers):
                 if scenario == "cold" and name == "hocuspocus":
                     continue  # bench.client speaks y-websocket only; see cold_section
@@ -517,8 +520,9 @@ async def run_scenario(
             if variant.servers is not None and name not in variant.servers:
                 continue
             what = f"replay ({variant.describe(sizes.max_lead)}) on {name}"
-            if found := await attempt(r.failures, what, replay(server, work, sizes, variant)):
-                r.replay.setdefault(variant, {})[name] = found
+            replayed = replay(server, work, sizes, variant, round_)
+            if found := await attempt(r.failures, what, replayed):
+                r.replay.setdefault(variant, {}).setdefault(name, []).append(found)
     elif scenario == "fanout":
         for rooms, clients in sizes.fanout:
             load = Typing(rooms, clients, sizes.fanout_seconds, sizes.typing_rate)
@@ -527,8 +531,9 @@ async def run_scenario(
             if found := await attempt(r.failures, what, typed):
                 r.fanout.setdefault((rooms, clients), {}).setdefault(name, []).append(found)
     elif scenario == "join":
-        if found := await attempt(r.failures, f"join storm on {name}", storm(server, work, sizes)):
-            r.storm[name] = found
+        joined = storm(server, work, sizes, round_)
+        if found := await attempt(r.failures, f"join storm on {name}", joined):
+            r.storm.setdefault(name, []).append(found)
     elif scenario == "cold":
         if found := await attempt(
             r.failures, f"cold open on {name}", cold_open(server, work, sizes)
@@ -625,26 +630,57 @@ def cpu_headers(unit: str) -> list[str]:
     return [f"CPU per {unit}", "vs reference", "with PostgreSQL CPU", "vs reference"]
 
 
+@dataclass(frozen=True)
+class ReplaySummary:
+    """A server's runs of one replay variant, one a round: each figure is the median over the
+    rounds (the time over the runs that converged)."""
+
+    runs: Sequence[Replay]
+
+    @property
+    def converged(self) -> str:
+        done = sum(run.converged for run in self.runs)
+        return yes(True) if done == len(self.runs) else f"**{done}/{len(self.runs)}**"
+
+    @property
+    def seconds(self) -> float:
+        return median([run.seconds for run in self.runs if run.converged])
+
+    @property
+    def edits(self) -> int:
+        return self.runs[0].edits
+
+    @property
+    def cpu(self) -> float:
+        return median([run.cost.cpu for run in self.runs])
+
+    @property
+    def unit(self) -> UnitCost:
+        return UnitCost.median_of([UnitCost.of(run.cost, run.edits) for run in self.runs])
+
+    @property
+    def peak(self) -> int:
+        return max(run.cost.peak for run in self.runs)
+
+
 def replay_section(r: Results) -> list[str]:
-    lines = ["### Trace replay", ""]
+    lines = ["### Trace replay", "", *rounds_line(r)]
     for variant, runs in r.replay.items():
-        ref = runs.get(REFERENCE)
+        summaries = {name: ReplaySummary(server_runs) for name, server_runs in runs.items()}
+        ref = summaries.get(REFERENCE)
         lines += [variant.describe(r.sizes.max_lead) + ":", ""]
         rows = []
-        for name, run in runs.items():
+        for name, run in summaries.items():
             rows.append(
                 [
                     label(name),
-                    yes(run.converged),
-                    duration(run.seconds) if run.converged else "n/a",
+                    run.converged,
+                    duration(run.seconds),
                     ratio(run.seconds, ref.seconds) if ref else "n/a",
-                    f"{run.edits / run.seconds:,.0f}" if run.converged else "n/a",
-                    f"{run.cost.cpu:.2f} s",
-                    *cpu_cells(
-                        UnitCost.of(run.cost, run.edits),
-                        UnitCost.of(ref.cost, ref.edits) if ref else None,
-                    ),
-                    megabytes(run.cost.peak),
+                    f"{run.edits / run.seconds:,.0f}" if run.seconds == run.seconds else "n/a",
+                    f"{run.cpu:.2f} s",
+                    *cpu_cells(run.unit, ref.unit if ref else None),
+                    megabytes(run.peak),
                 ]
             )
         lines += table(
@@ -661,6 +697,17 @@ def replay_section(r: Results) -> list[str]:
             rows,
         )
     return lines
+
+
+def rounds_line(r: Results, summed: str = "") -> list[str]:
+    """How a section's figures come from the rounds (`summed`: what is summed instead)."""
+    if r.sizes.rounds == 1:
+        return []
+    line = (
+        f"{r.sizes.rounds} rounds, each running every server once in turn; each figure is the "
+        "median of the rounds"
+    )
+    return [f"{line}, {summed}." if summed else f"{line}.", ""]
 
 
 @dataclass(frozen=True)
@@ -701,10 +748,9 @@ def fanout_section(r: Results) -> list[str]:
         "",
         f"Every client types one character at a random position every {1 / high:.2g} to "
         f"{1 / low:.2g} s for {r.sizes.fanout_seconds:g} s; latency from the keystroke to its "
-        f"arrival in each other client's document of the room. {r.sizes.fanout_rounds} rounds, "
-        "each running every server once in turn; each figure is the median of the rounds "
-        "(keystrokes and rooms are summed), the p99 of each round is shown beside it.",
+        "arrival in each other client's document of the room.",
         "",
+        *rounds_line(r, "keystrokes and rooms are summed, and the p99 of each round is shown"),
     ]
     for (rooms, clients), runs in r.fanout.items():
         summaries = {name: FanoutSummary(server_runs) for name, server_runs in runs.items()}
@@ -747,21 +793,49 @@ def fanout_section(r: Results) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class StormSummary:
+    """A server's join storms, one a round: medians over the rounds, clients summed."""
+
+    runs: Sequence[Storm]
+
+    @property
+    def complete(self) -> str:
+        return f"{sum(run.complete for run in self.runs)}/{sum(run.count for run in self.runs)}"
+
+    @property
+    def seconds(self) -> float:
+        return median([run.seconds for run in self.runs])
+
+    @property
+    def median_seconds(self) -> float:
+        return median([run.median_seconds for run in self.runs])
+
+    @property
+    def cpu(self) -> float:
+        return median([run.cost.cpu for run in self.runs])
+
+    @property
+    def peak(self) -> int:
+        return max(run.cost.peak for run in self.runs)
+
+
 def storm_section(r: Results) -> list[str]:
     if not r.storm:
         return []
-    ref = r.storm.get(REFERENCE)
+    summaries = {name: StormSummary(runs) for name, runs in r.storm.items()}
+    ref = summaries.get(REFERENCE)
     rows = [
         [
             label(name),
-            f"{run.complete}/{run.count}",
+            run.complete,
             duration(run.seconds),
             ratio(run.seconds, ref.seconds) if ref else "n/a",
             duration(run.median_seconds),
-            f"{run.cost.cpu:.2f} s",
-            megabytes(run.cost.peak),
+            f"{run.cpu:.2f} s",
+            megabytes(run.peak),
         ]
-        for name, run in r.storm.items()
+        for name, run in summaries.items()
     ]
     return [
         "### Join storm",
@@ -769,6 +843,7 @@ def storm_section(r: Results) -> list[str]:
         f"{r.sizes.storm} clients join at once a room holding the trace's final document "
         "(put there as one update by a client that stays connected).",
         "",
+        *rounds_line(r, "clients are summed"),
         *table(
             [
                 "server",
@@ -865,14 +940,15 @@ def targets_section(r: Results) -> list[str]:
         rows.append([what, shown, yes(value <= limit) if value == value else "n/a"])
 
     for replayed, runs in r.replay.items():
-        ours, ref = runs.get("ours"), runs.get(REFERENCE)
+        ours = ReplaySummary(runs["ours"]) if "ours" in runs else None
+        ref = ReplaySummary(runs[REFERENCE]) if REFERENCE in runs else None
         variant = f"replay ({replayed.describe(r.sizes.max_lead)})"
         if ours and not replayed.throttled:
-            rows.append([f"{variant}: converges", "", yes(ours.converged)])
-        if not (ours and ref):
+            rows.append([f"{variant}: converges", "", ours.converged])
+        if not (ours and ref and ours.unit.both is not None):
             continue
-        cpu = ours.cost.cpu / ref.cost.cpu
-        both = with_database(ours.cost) / ref.cost.cpu
+        cpu = ours.unit.cpu / ref.unit.cpu
+        both = ours.unit.both / ref.unit.cpu
         target(f"{variant}: server CPU ≤ 0.5x the reference", cpu, 0.5, f"{cpu:.2f}x")
         target(f"{variant}: with PostgreSQL ≤ 0.8x the reference", both, 0.8, f"{both:.2f}x")
         conv = ours.seconds / ref.seconds
@@ -893,8 +969,8 @@ def targets_section(r: Results) -> list[str]:
     if (cold := r.cold.get("ours")) and cold.after:
         after = median(cold.after) * 1e3
         target("cold open, compacted: ≤ 50 ms", after, 50, ms(after))
-    if (ours_storm := r.storm.get("ours")) and (ref_storm := r.storm.get(REFERENCE)):
-        s = ours_storm.seconds / ref_storm.seconds
+    if "ours" in r.storm and REFERENCE in r.storm:
+        s = StormSummary(r.storm["ours"]).seconds / StormSummary(r.storm[REFERENCE]).seconds
         target("join storm: no slower than the reference", s, 1.0, f"{s:.2f}x")
     if not rows:
         return []
@@ -913,12 +989,12 @@ def render(r: Results, work: Workload, env: dict[str, str], command: str) -> str
         f"Measured {env['date']} with `{command}` at {env['revision']}, on {env['machine']}; "
         f"Python {env['python']}, pycrdt {env['pycrdt']}, pycrdt-websocket "
         f"{version('pycrdt-websocket')}, uvicorn {version('uvicorn')}, {env['database']}; "
-        f"Node {versions['node']}, {packages}. Whole run {duration(r.seconds)}. One run on a "
-        "shared machine: compare ratios, not seconds.",
+        f"Node {versions['node']}, {packages}. Whole run {duration(r.seconds)}. On a shared "
+        "machine: compare ratios, not seconds.",
         "",
         f"Servers: {', '.join(label(name) for name in r.servers)}, each started fresh for "
-        "each scenario on loopback; ours with its defaults (log level WARNING), the peers as "
-        "their documentation starts them, in memory. Workload: "
+        "each scenario (and round) on loopback; ours with its defaults (log level WARNING), "
+        "the peers as their documentation starts them, in memory. Workload: "
         f"{trace}the `{TRACE}` editing trace ({len(work.text):,} characters at the end), by "
         f"{CREDITS[TRACE]}, from [josephg/editing-traces]"
         f"(https://github.com/josephg/editing-traces), licensed [CC BY 4.0]({LICENCE}).",

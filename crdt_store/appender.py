@@ -135,7 +135,7 @@ class LogAppender:
                 )
                 return _heads(await self._answered(pgconn, pq.ExecStatus.TUPLES_OK))
             except psycopg.Error as error:
-                if self._conn is not None and not self._broken:
+                if self._usable():
                     raise  # the statement failed, the connection is fine
                 await self._drop()
                 raise StoreUnavailable(f"database unavailable: {error}") from error
@@ -149,8 +149,15 @@ class LogAppender:
         if not self._lock.locked():
             await self._drop()
 
+    def _usable(self) -> bool:
+        return (
+            self._conn is not None
+            and not self._broken
+            and self._conn.pgconn.status == pq.ConnStatus.OK
+        )
+
     async def _connection(self) -> tuple[pq.abc.PGconn, psycopg.abc.Transformer]:
-        if self._broken:
+        if not self._usable():
             await self._drop()
         if self._conn is None:
             conn = await self._connect(
@@ -205,7 +212,8 @@ class LogAppender:
     def _on_readable(self) -> None:
         """Read what arrived; complete the answer awaited once its results are all in (when
         libpq reports no more)."""
-        assert self._conn is not None
+        if self._conn is None:
+            return
         pgconn = self._conn.pgconn
         try:
             pgconn.consume_input()
