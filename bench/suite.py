@@ -35,7 +35,7 @@ from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from bench.client import join, wait_until_loaded
 from bench.common import DEFAULT_POSTGRES_URL, environment, failed_runs, median, publish, ratio
@@ -630,12 +630,25 @@ def cpu_headers(unit: str) -> list[str]:
     return [f"CPU per {unit}", "vs reference", "with PostgreSQL CPU", "vs reference"]
 
 
-@dataclass(frozen=True)
-class ReplaySummary:
-    """A server's runs of one replay variant, one a round: each figure is the median over the
-    rounds (the time over the runs that converged)."""
+Run = TypeVar("Run", Replay, Fanout, Storm)
 
-    runs: Sequence[Replay]
+
+@dataclass(frozen=True)
+class Rounds(Generic[Run]):
+    """A server's runs of one measurement, one a round."""
+
+    runs: Sequence[Run]
+
+    def median(self, figure: Callable[[Run], float]) -> float:
+        return median([figure(run) for run in self.runs])
+
+    @property
+    def peak(self) -> int:
+        return max(run.cost.peak for run in self.runs)
+
+
+class ReplaySummary(Rounds[Replay]):
+    """Each figure the median over the rounds (the time over the runs that converged)."""
 
     @property
     def converged(self) -> str:
@@ -651,16 +664,8 @@ class ReplaySummary:
         return self.runs[0].edits
 
     @property
-    def cpu(self) -> float:
-        return median([run.cost.cpu for run in self.runs])
-
-    @property
     def unit(self) -> UnitCost:
         return UnitCost.median_of([UnitCost.of(run.cost, run.edits) for run in self.runs])
-
-    @property
-    def peak(self) -> int:
-        return max(run.cost.peak for run in self.runs)
 
 
 def replay_section(r: Results) -> list[str]:
@@ -678,7 +683,7 @@ def replay_section(r: Results) -> list[str]:
                     duration(run.seconds),
                     ratio(run.seconds, ref.seconds) if ref else "n/a",
                     f"{run.edits / run.seconds:,.0f}" if run.seconds == run.seconds else "n/a",
-                    f"{run.cpu:.2f} s",
+                    f"{run.median(lambda one: one.cost.cpu):.2f} s",
                     *cpu_cells(run.unit, ref.unit if ref else None),
                     megabytes(run.peak),
                 ]
@@ -710,12 +715,8 @@ def rounds_line(r: Results, summed: str = "") -> list[str]:
     return [f"{line}, {summed}." if summed else f"{line}.", ""]
 
 
-@dataclass(frozen=True)
-class FanoutSummary:
-    """A server's fan-out runs of one size, one a round: each figure is the median over the
-    rounds (the keystrokes and rooms converged are summed)."""
-
-    runs: Sequence[Fanout]
+class FanoutSummary(Rounds[Fanout]):
+    """Each figure the median over the rounds (the keystrokes and rooms converged summed)."""
 
     @property
     def converged(self) -> str:
@@ -726,7 +727,7 @@ class FanoutSummary:
         return sum(run.keystrokes for run in self.runs)
 
     def latency(self, fraction: float) -> float:
-        return median(self.latencies(fraction))
+        return self.median(lambda run: percentile(run.latencies, fraction))
 
     def latencies(self, fraction: float) -> list[float]:
         """The latency at `fraction` (0.99: the p99) of each round."""
@@ -735,10 +736,6 @@ class FanoutSummary:
     @property
     def unit(self) -> UnitCost:
         return UnitCost.median_of([UnitCost.of(run.cost, run.keystrokes) for run in self.runs])
-
-    @property
-    def peak(self) -> int:
-        return max(run.cost.peak for run in self.runs)
 
 
 def fanout_section(r: Results) -> list[str]:
@@ -793,31 +790,16 @@ def fanout_section(r: Results) -> list[str]:
     return lines
 
 
-@dataclass(frozen=True)
-class StormSummary:
-    """A server's join storms, one a round: medians over the rounds, clients summed."""
-
-    runs: Sequence[Storm]
+class StormSummary(Rounds[Storm]):
+    """Each figure the median over the rounds (the clients summed)."""
 
     @property
     def complete(self) -> str:
         return f"{sum(run.complete for run in self.runs)}/{sum(run.count for run in self.runs)}"
 
-    @property
-    def seconds(self) -> float:
-        return median([run.seconds for run in self.runs])
 
-    @property
-    def median_seconds(self) -> float:
-        return median([run.median_seconds for run in self.runs])
-
-    @property
-    def cpu(self) -> float:
-        return median([run.cost.cpu for run in self.runs])
-
-    @property
-    def peak(self) -> int:
-        return max(run.cost.peak for run in self.runs)
+def seconds(run: Storm) -> float:
+    return run.seconds
 
 
 def storm_section(r: Results) -> list[str]:
@@ -829,10 +811,10 @@ def storm_section(r: Results) -> list[str]:
         [
             label(name),
             run.complete,
-            duration(run.seconds),
-            ratio(run.seconds, ref.seconds) if ref else "n/a",
-            duration(run.median_seconds),
-            f"{run.cpu:.2f} s",
+            duration(run.median(seconds)),
+            ratio(run.median(seconds), ref.median(seconds)) if ref else "n/a",
+            duration(run.median(lambda one: one.median_seconds)),
+            f"{run.median(lambda one: one.cost.cpu):.2f} s",
             megabytes(run.peak),
         ]
         for name, run in summaries.items()
@@ -970,8 +952,15 @@ def targets_section(r: Results) -> list[str]:
         after = median(cold.after) * 1e3
         target("cold open, compacted: ≤ 50 ms", after, 50, ms(after))
     if "ours" in r.storm and REFERENCE in r.storm:
-        s = StormSummary(r.storm["ours"]).seconds / StormSummary(r.storm[REFERENCE]).seconds
-        target("join storm: no slower than the reference", s, 1.0, f"{s:.2f}x")
+        ours_storm, ref_storm = (
+            StormSummary(r.storm[n]).median(seconds) for n in ("ours", REFERENCE)
+        )
+        target(
+            "join storm: no slower than the reference",
+            ours_storm / ref_storm,
+            1.0,
+            ratio(ours_storm, ref_storm),
+        )
     if not rows:
         return []
     return [

@@ -9,6 +9,8 @@ MAX_VARINT_BYTES = 8
 
 def read_var_uint(data: bytes, pos: int) -> tuple[int, int]:
     """The varint at `pos` and the position after it; ValueError if malformed."""
+    if pos < len(data) and data[pos] < 0x80:  # one byte: most message types and lengths
+        return data[pos], pos + 1
     value = 0
     for shift in range(0, 7 * MAX_VARINT_BYTES, 7):
         if pos >= len(data):
