@@ -95,6 +95,16 @@ async def test_appended_updates_load_back_as_the_same_text(store: Store) -> None
     assert await loaded_text(store, room.id) == text
 
 
+async def test_a_batch_larger_than_a_socket_buffer_is_committed_whole(store: Store) -> None:
+    """Twenty pastes of the largest frame the server accepts (1 MiB) in one append: libpq
+    cannot send it in one write, and the rest goes out as the socket drains."""
+    room = await store.create_room(name="r", language="plaintext")
+    pastes = [text_update(char * 1_000_000) for char in "abcdefghijklmnopqrst"]
+    assert await store.append_updates(room.id, pastes) == 20
+    assert sorted(set(await loaded_text(store, room.id))) == list("abcdefghijklmnopqrst")
+    assert len(await loaded_text(store, room.id)) == 20_000_000
+
+
 async def test_log_stats_count_rows_and_bytes(store: Store) -> None:
     room = await store.create_room(name="r", language="plaintext")
     updates = typed_updates("abc")
