@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -200,6 +201,47 @@ class RedisCpu:
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+#: Resident memory past which a server under test is killed: every server here stays under
+#: 300 MB, and one that runs away (pycrdt-websocket's grew past 16 GB with 500 idle clients in
+#: one suite run) would otherwise have the kernel's OOM killer pick a victim, PostgreSQL maybe.
+MEMORY_LIMIT = 4 * 1024**3
+
+
+class MemoryGuard:
+    """Kills (SIGKILL) any of `pids` whose resident memory passes `limit`, polled in a thread;
+    `killed` then says which and why, for the run's failures."""
+
+    def __init__(self, pids: Sequence[int], label: str, limit: int = MEMORY_LIMIT) -> None:
+        self._pids = tuple(pids)
+        self._label = label
+        self._limit = limit
+        self.killed: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-guard", daemon=True)
+
+    def __enter__(self) -> MemoryGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            for pid in self._pids:
+                with contextlib.suppress(OSError, KeyError):  # gone: nothing to guard
+                    rss, _ = process_memory(pid)
+                    if rss > self._limit:
+                        os.kill(pid, signal.SIGKILL)
+                        self.killed = (
+                            f"{self._label} killed: resident memory {rss / 1024**3:.1f} GiB, "
+                            f"past the bench's limit of {self._limit / 1024**3:.1f} GiB"
+                        )
+                        print(self.killed, file=sys.stderr)
+                        return
+
+
 class CpuMeter(Protocol):
     """A service's CPU (`DatabaseCpu`, `RedisCpu`): `BenchServer` sums them into
     `Usage.services_cpu`."""
@@ -222,6 +264,7 @@ class BenchServer:
         http_urls: Sequence[str] = (),
         database_url: str | None = None,
         services: Sequence[CpuMeter] = (),
+        guard: MemoryGuard | None = None,
     ) -> None:
         self.spec = spec
         self.pids = tuple(pids)
@@ -232,6 +275,12 @@ class BenchServer:
         self.http_urls = tuple(http_urls)
         self.database_url = database_url
         self._services = tuple(services)
+        self._guard = guard
+
+    @property
+    def killed(self) -> str | None:
+        """Why the memory guard killed the server, if it did."""
+        return self._guard.killed if self._guard else None
 
     @property
     def url(self) -> str:
@@ -352,6 +401,7 @@ def start(
                 http_urls=[server.http_url for server in servers],
                 database_url=url,
                 services=services,
+                guard=stack.enter_context(MemoryGuard(pids, spec.label)),
             )
             return
         if name == "reference":
@@ -362,7 +412,8 @@ def start(
             command = [sys.executable, "-m", "bench.pycrdt_peer"]
         pythonpath = {"PYTHONPATH": str(PEERS.parents[1])}
         pid, port = stack.enter_context(_peer(command, pythonpath, directory / "server.log"))
-        yield BenchServer(spec, [pid], [f"ws://127.0.0.1:{port}"])
+        guard = stack.enter_context(MemoryGuard([pid], spec.label))
+        yield BenchServer(spec, [pid], [f"ws://127.0.0.1:{port}"], guard=guard)
 
 
 def node_versions() -> dict[str, str]:

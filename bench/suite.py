@@ -503,10 +503,13 @@ async def run(options: argparse.Namespace) -> tuple[Results, Workload]:
                 if sizes.fresh:  # one server process for this scenario alone
                     with starting as server:
                         await run_scenario(scenario, server, work, results, round_)
-                    continue
-                if (name, quiet) not in kept:
-                    kept[name, quiet] = stack.enter_context(starting)
-                await run_scenario(scenario, kept[name, quiet], work, results, round_)
+                else:
+                    if (name, quiet) not in kept:
+                        kept[name, quiet] = stack.enter_context(starting)
+                    server = kept[name, quiet]
+                    await run_scenario(scenario, server, work, results, round_)
+                if server.killed and server.killed not in results.failures:
+                    results.failures.append(server.killed)
     results.seconds = time.perf_counter() - started
     return results, work
 
