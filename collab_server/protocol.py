@@ -101,10 +101,18 @@ def _expect_end(data: bytes, pos: int) -> None:
         raise ProtocolError("trailing bytes after the message")
 
 
+#: The first two bytes of a sync update message (each a one-byte varint).
+_UPDATE_PREFIX = bytes([YMessageType.SYNC, YSyncMessageType.SYNC_UPDATE])
+
+
 def parse_frame(data: bytes, *, max_awareness_bytes: int) -> Frame:
     """Parse one binary WebSocket frame; raise `ProtocolError` for anything malformed."""
     if not data:
         raise ProtocolError("empty frame")
+    if data.startswith(_UPDATE_PREFIX) and len(data) > 2 and data[2] == len(data) - 3 < 0x80:
+        # A keystroke's update, under 128 bytes, as most frames are: read as the general path
+        # below reads it, without its three varint reads (they were ~8% of the replay's CPU).
+        return DocumentUpdate(data[3:])
     message_type, pos = read_var_uint(data, 0)
     if message_type == YMessageType.SYNC:
         sync_type, pos = read_var_uint(data, pos)

@@ -20,7 +20,8 @@ class TokenBucket:
 
     def _refill(self) -> None:
         now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        tokens = self._tokens + (now - self._updated) * self.rate
+        self._tokens = tokens if tokens < self.burst else self.burst  # not min(): every frame
         self._updated = now
 
     def take(self, amount: float = 1.0) -> float:

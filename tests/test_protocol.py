@@ -20,9 +20,9 @@ def parse(data: bytes) -> object:
     return parse_frame(data, max_awareness_bytes=1024)
 
 
-def an_update() -> bytes:
+def an_update(text: str = "hi") -> bytes:
     doc = Doc()
-    doc.get("code", type=Text).insert(0, "hi")
+    doc.get("code", type=Text).insert(0, text)
     return doc.get_update()
 
 
@@ -32,6 +32,13 @@ def test_sync_step1_carries_the_state_vector() -> None:
 
 def test_update_message_carries_the_update() -> None:
     update = an_update()
+    assert parse(create_update_message(update)) == DocumentUpdate(update)
+
+
+def test_an_update_message_past_127_bytes_carries_the_update() -> None:
+    """Its length takes two varint bytes: short updates are read on a path of their own."""
+    update = an_update("x" * 200)
+    assert len(update) >= 128
     assert parse(create_update_message(update)) == DocumentUpdate(update)
 
 
