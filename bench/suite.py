@@ -646,6 +646,10 @@ class Rounds(Generic[Run]):
         return median([figure(run) for run in self.runs])
 
     @property
+    def cpu(self) -> float:
+        return self.median(lambda run: run.cost.cpu)
+
+    @property
     def peak(self) -> int:
         return max(run.cost.peak for run in self.runs)
 
@@ -686,7 +690,7 @@ def replay_section(r: Results) -> list[str]:
                     duration(run.seconds),
                     ratio(run.seconds, ref.seconds) if ref else "n/a",
                     f"{run.edits / run.seconds:,.0f}" if run.seconds == run.seconds else "n/a",
-                    f"{run.median(lambda one: one.cost.cpu):.2f} s",
+                    f"{run.cpu:.2f} s",
                     *cpu_cells(run.unit, ref.unit if ref else None),
                     megabytes(run.peak),
                 ]
@@ -730,7 +734,7 @@ class FanoutSummary(Rounds[Fanout]):
         return sum(run.keystrokes for run in self.runs)
 
     def latency(self, fraction: float) -> float:
-        return self.median(lambda run: percentile(run.latencies, fraction))
+        return median(self.latencies(fraction))
 
     def latencies(self, fraction: float) -> list[float]:
         """The latency at `fraction` (0.99: the p99) of each round."""
@@ -800,9 +804,13 @@ class StormSummary(Rounds[Storm]):
     def complete(self) -> str:
         return f"{sum(run.complete for run in self.runs)}/{sum(run.count for run in self.runs)}"
 
+    @property
+    def seconds(self) -> float:
+        return self.median(lambda run: run.seconds)
 
-def seconds(run: Storm) -> float:
-    return run.seconds
+    @property
+    def median_seconds(self) -> float:
+        return self.median(lambda run: run.median_seconds)
 
 
 def storm_section(r: Results) -> list[str]:
@@ -814,10 +822,10 @@ def storm_section(r: Results) -> list[str]:
         [
             label(name),
             run.complete,
-            duration(run.median(seconds)),
-            ratio(run.median(seconds), ref.median(seconds)) if ref else "n/a",
-            duration(run.median(lambda one: one.median_seconds)),
-            f"{run.median(lambda one: one.cost.cpu):.2f} s",
+            duration(run.seconds),
+            ratio(run.seconds, ref.seconds) if ref else "n/a",
+            duration(run.median_seconds),
+            f"{run.cpu:.2f} s",
             megabytes(run.peak),
         ]
         for name, run in summaries.items()
@@ -955,9 +963,7 @@ def targets_section(r: Results) -> list[str]:
         after = median(cold.after) * 1e3
         target("cold open, compacted: ≤ 50 ms", after, 50, ms(after))
     if "ours" in r.storm and REFERENCE in r.storm:
-        ours_storm, ref_storm = (
-            StormSummary(r.storm[n]).median(seconds) for n in ("ours", REFERENCE)
-        )
+        ours_storm, ref_storm = (StormSummary(r.storm[n]).seconds for n in ("ours", REFERENCE))
         target(
             "join storm: no slower than the reference",
             ours_storm / ref_storm,

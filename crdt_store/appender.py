@@ -203,7 +203,6 @@ class LogAppender:
         finally:
             timer.cancel()
             self._answer = None
-            loop.remove_writer(self._socket)
         result = results[-1]
         if result.status != expected:
             assert self._conn is not None
