@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
@@ -100,6 +101,8 @@ class RedisFanout(QueuedFanout[Command]):
             socket_timeout=_ANSWER_SECONDS + read_seconds,
             protocol=2,
         )
+        pool = client.connection_pool
+        pool.connection_class = _keeping_cancels(pool.connection_class)
         return client
 
     async def _close(self) -> None:
@@ -193,17 +196,31 @@ class RedisFanout(QueuedFanout[Command]):
                     delay = _RETRY_SECONDS
                     await self._find_unknown_last_ids()
                     self._deliver(Resubscribed())
-                    async with asyncio.TaskGroup() as group:
-                        group.create_task(self._read_streams())
-                        group.create_task(self._hear_awareness(pubsub))
-            except* (RedisError, OSError) as errors:
+                    await self._read_until_one_fails(pubsub)
+            except (RedisError, OSError) as error:
                 logger.warning(
-                    "fan-out: Redis connection lost (%s); reconnecting in %.2f s",
-                    errors.exceptions[0],
-                    delay,
+                    "fan-out: Redis connection lost (%s); reconnecting in %.2f s", error, delay
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_RETRY_SECONDS)
+
+    async def _read_until_one_fails(self, pubsub: PubSub) -> None:
+        """Read the streams and the awareness channel until one fails; raise its failure.
+
+        Not a task group: one raises its task's failure in place of a cancel that came with it,
+        and the listener, stopped as a connection failed, would have reconnected forever.
+        """
+        readers = [
+            asyncio.create_task(self._read_streams()),
+            asyncio.create_task(self._hear_awareness(pubsub)),
+        ]
+        try:
+            done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_EXCEPTION)
+            next(iter(done)).result()
+        finally:
+            for reader in readers:
+                reader.cancel()
+            await asyncio.gather(*readers, return_exceptions=True)
 
     async def _find_unknown_last_ids(self) -> bool:
         """Find the ids `watch` could not; whether there were any."""
@@ -272,6 +289,33 @@ class RedisFanout(QueuedFanout[Command]):
                 self._deliver(AwarenessChanged(room_id.decode(), payload))
         except ValueError:
             logger.error("fan-out: ignored a malformed awareness message %r", message[:100])
+
+
+class _KeepsCancels(AbstractConnection):
+    """Re-raises a cancel that redis-py's send dropped.
+
+    `send_packed_command` awaits its write through `asyncio.wait_for`, which on Python 3.11
+    returns the result and drops a cancel arriving in the loop iteration the write completes
+    (CPython gh-86296, fixed in 3.12). The cancelled task went on to wait for the answer, up to
+    the 2 s XREAD block, or looped on forever, so that `stop` never returned. The task's count
+    of cancel requests still tells.
+    """
+
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        task = asyncio.current_task()
+        requested = 0 if task is None else task.cancelling()
+        await super().send_packed_command(command, check_health)
+        if task is not None and task.cancelling() > requested:
+            # The answer will not be read: the connection cannot serve another command.
+            await self.disconnect(nowait=True)
+            raise asyncio.CancelledError
+
+
+def _keeping_cancels(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """`base` (the class redis-py picks for the URL's scheme) with `_KeepsCancels`' send."""
+    return type(f"CancelKeeping{base.__name__}", (_KeepsCancels, base), {})
 
 
 def _last_id(entries: Sequence[tuple[Any, Any]] | None) -> bytes:
