@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from functools import partial
 from typing import Annotated
 
@@ -30,10 +31,16 @@ def app_from_environment() -> FastAPI:
 
     uvicorn imports this in each worker, a freshly spawned interpreter: nothing the supervisor set
     up (its logging included) carries over, so each worker configures itself.
+
+    What is imported and built by now lives as long as the process, so it is frozen out of the
+    garbage collector: every full collection walked it again (~130,000 objects, 85 ms on the
+    benchmark machine), stalling every room of the process meanwhile.
     """
     settings = Settings()
     configure_logging(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    gc.freeze()
+    return app
 
 
 @cli.command()

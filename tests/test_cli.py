@@ -124,6 +124,24 @@ def test_migrate_creates_the_schema(tmp_path: Path) -> None:
     assert anyio.run(use) == "ok"
 
 
+def test_a_served_app_leaves_what_it_was_built_from_out_of_garbage_collections(
+    tmp_path: Path,
+) -> None:
+    script = (
+        "import gc\n"
+        "from collab_server.cli import app_from_environment\n"
+        "app_from_environment()\n"
+        "print(gc.get_freeze_count(), len(gc.get_objects()))\n"
+    )
+    env = {**os.environ, "COLLAB_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'c.sqlite3'}"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    frozen, still_collected = map(int, result.stdout.split())
+    assert frozen > 10_000
+    assert still_collected < frozen / 100
+
+
 def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'collab.sqlite3'}"
     run = collab_server(url, "serve", "--workers", "2")
