@@ -331,7 +331,7 @@ async def test_stopping_at_any_point_of_starting_takes_no_longer_than_stopping_a
 ) -> None:
     # Stopped after 0, 1, 2, ... turns of the event loop, each one lands a cancel at another
     # point of connecting and subscribing. redis-py's send used to drop a cancel arriving as a
-    # write completed (`_KeepsCancels`): in about one turn in ten, stopping took the 2 s XREAD
+    # write completed (`_KeepsCancels`): in one turn in five to ten, stopping took the 2 s XREAD
     # block or never ended.
     for turns in range(100):
         fanout = new_fanout()
