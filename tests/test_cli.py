@@ -137,6 +137,7 @@ def test_a_served_app_leaves_what_it_was_built_from_out_of_garbage_collections(
     result = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     )
+    assert result.returncode == 0, result.stderr
     frozen, still_collected = map(int, result.stdout.split())
     assert frozen > 10_000
     assert still_collected < frozen / 100

@@ -207,8 +207,9 @@ class RedisFanout(QueuedFanout[Command]):
     async def _read_until_one_fails(self, pubsub: PubSub) -> None:
         """Read the streams and the awareness channel until one fails; raise its failure.
 
-        Not a task group: one raises its task's failure in place of a cancel that came with it,
-        and the listener, stopped as a connection failed, would have reconnected forever.
+        Not a task group: when a reader fails as the listener is cancelled, a task group raises
+        the failure in place of the cancel, and the listener, taking it for a lost connection,
+        would have reconnected forever.
         """
         readers = [
             asyncio.create_task(self._read_streams()),
