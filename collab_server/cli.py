@@ -20,6 +20,7 @@ from .admin import compact_rooms, render, unreachable_message
 from .app import create_app
 from .logs import configure_logging
 from .settings import Settings
+from .socket_protocol import DirectWebSocketProtocol
 
 cli = typer.Typer(
     help="A Yjs collaboration server with a durable update log.", no_args_is_help=True
@@ -75,6 +76,7 @@ def serve(
         workers=workers,
         host=host or settings.host,
         port=port or settings.port,
+        ws=f"{DirectWebSocketProtocol.__module__}:{DirectWebSocketProtocol.__name__}",
         ws_max_size=settings.max_update_bytes,
         ws_per_message_deflate=settings.ws_per_message_deflate,
         ws_ping_interval=settings.ws_ping_interval,

@@ -1,13 +1,17 @@
-"""One client's WebSocket as a pycrdt `Channel`, with a bounded send queue and its own writer.
+"""One client's WebSocket: messages pushed to its room, frames written at once or queued.
 
-pycrdt-websocket ships no Starlette adapter, and its rooms start one task per message sent.
-Here a frame is written at once while nothing waits ahead of it: uvicorn's `send` only
-suspends while the socket's buffer is full, so the send is driven by hand, without a task
-switch (a quarter of the server's CPU at human typing speed went to the event loop's task
-switches). Behind a full buffer, frames wait in a queue that the connection's one writer
-task drains: the room never waits on a slow socket, and a client that stops reading is closed
-(1013, it resyncs on reconnect) once `send_queue_max_bytes` are queued, instead of growing
-memory or being silently skipped.
+Incoming messages are handed to the room as they arrive (`deliver`): through the socket's
+`DirectSocket` when `collab-server serve` runs it (`socket_protocol.py`: in the transport's
+`data_received`, no queue, no task switch), else from ASGI's `receive`. Reading is paused, not
+the room, while the client is rate limited or its room has too many updates waiting for commit.
+
+A frame is written at once while nothing waits ahead of it: directly to the transport, or by
+driving ASGI's `send` by hand (it only suspends while the socket's buffer is full), without a
+task switch (a quarter of the server's CPU at human typing speed went to the event loop's task
+switches). Behind a full buffer, frames wait in a queue that the connection's one writer task
+drains: the room never waits on a slow socket, and a client that stops reading is closed (1013,
+it resyncs on reconnect) once `send_queue_max_bytes` are queued, instead of growing memory or
+being silently skipped.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -27,12 +31,13 @@ from .logs import room_logger
 from .protocol import AwarenessUpdate, ProtocolError, committed_message
 from .ratelimit import TokenBucket
 from .settings import Settings
+from .socket_protocol import DIRECT_SOCKET, DirectSocket
 
 logger = logging.getLogger(__name__)
 
 
 class Connection:
-    """A client connection to one room (implements `pycrdt.Channel`)."""
+    """A client connection to one room."""
 
     def __init__(
         self,
@@ -44,6 +49,7 @@ class Connection:
         read_only: bool = False,
     ) -> None:
         self._websocket = websocket
+        self._direct: DirectSocket | None = websocket.scope["extensions"].get(DIRECT_SOCKET)
         self._room_id = room_id
         self._send_queue_max_bytes = settings.send_queue_max_bytes
         burst = settings.client_burst_seconds
@@ -66,6 +72,14 @@ class Connection:
         #: A send that suspended (the socket's buffer was full), for the writer to finish.
         self._suspended: tuple[Coroutine[Any, Any, None], Any] | None = None
         self._close: tuple[int, str] | None = None
+        #: Set once the writer has ended: the close frame is out, or the peer is gone.
+        self._written_out = asyncio.Event()
+        self._handle: Callable[[bytes], None] = _ignore
+        self._reject: Callable[[ProtocolError], None] = _ignore
+        #: Reasons reading is paused for (rate limit, room at capacity); read again at none.
+        self._pauses = 0
+        self._readable = asyncio.Event()
+        self._readable.set()
         self.wants_acks = wants_acks
         #: Read-only clients receive everything; their updates are dropped, never stored.
         self.read_only = read_only
@@ -83,30 +97,71 @@ class Connection:
     def closing(self) -> bool:
         return self._close is not None
 
-    def __aiter__(self) -> Connection:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self._close is not None:
-            raise StopAsyncIteration
+    async def deliver(
+        self, handle: Callable[[bytes], None], reject: Callable[[ProtocolError], None]
+    ) -> None:
+        """Hand every message from the client to `handle` (a `ProtocolError` it raises goes to
+        `reject`, as does a text frame) until the client leaves, or is closed and its close
+        frame is out (a client that does not read gets it once it reads again)."""
+        self._handle, self._reject = handle, reject
+        if self._direct is None:
+            await self._deliver_from_asgi()
+            return
+        self._direct.attach(self._on_message)
+        # Only the disconnect still comes through ASGI.
+        waiters = (
+            asyncio.ensure_future(self._websocket.receive()),
+            asyncio.ensure_future(self._written_out.wait()),
+        )
         try:
-            message = await self._websocket.receive()
-        except (WebSocketDisconnect, RuntimeError):
-            raise StopAsyncIteration from None
-        if message["type"] == "websocket.disconnect":
-            raise StopAsyncIteration
-        data = message.get("bytes")
-        if data is None:
-            raise ProtocolError("text frames are not part of the protocol")
-        metrics.BYTES_IN.inc(len(data))
-        return bytes(data)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
 
-    def throttle(self, size: int) -> float:
-        """Charge one message of `size` bytes; seconds to wait before reading the next."""
-        return max(self._messages.take(), self._bytes.take(size))
+    async def _deliver_from_asgi(self) -> None:
+        while self._close is None:
+            try:
+                message = await self._websocket.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            self._on_message(message["text"] if data is None else bytes(data))
+            while self._pauses:
+                await self._readable.wait()
 
-    async def recv(self) -> bytes:
-        return await self.__anext__()
+    def _on_message(self, message: bytes | str) -> None:
+        if self._close is not None:
+            return
+        try:
+            if isinstance(message, str):
+                raise ProtocolError("text frames are not part of the protocol")
+            metrics.BYTES_IN.inc(len(message))
+            delay = max(self._messages.take(), self._bytes.take(len(message)))
+            if delay:
+                self.pause_reading()
+                asyncio.get_running_loop().call_later(delay, self.resume_reading)
+            self._handle(message)
+        except ProtocolError as error:
+            self._reject(error)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the client until as many `resume_reading` calls."""
+        self._pauses += 1
+        if self._pauses == 1:
+            self._readable.clear()
+            if self._direct is not None:
+                self._direct.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._pauses -= 1
+        if self._pauses == 0:
+            self._readable.set()
+            if self._direct is not None:
+                self._direct.resume_reading()
 
     async def send(self, message: bytes) -> None:
         self.send_nowait(message)
@@ -161,6 +216,8 @@ class Connection:
         """Write `message` without a task switch; if the send suspends, the writer finishes it
         and every frame after it queues behind it."""
         metrics.BYTES_OUT.inc(len(message))
+        if self._direct is not None and self._direct.write(message):
+            return
         send = self._websocket.send_bytes(message)
         try:
             waiting_on = send.send(None)
@@ -203,6 +260,8 @@ class Connection:
                 await self._websocket.close(code, reason)
         except Exception:
             self._lost()
+        finally:
+            self._written_out.set()
 
 
 async def _finish(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
@@ -228,3 +287,7 @@ async def _finish(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None
             waiting_on = coroutine.send(None)
         except StopIteration:
             return
+
+
+def _ignore(_: object) -> None:
+    """What a connection does with messages before its room takes them."""

@@ -152,8 +152,8 @@ class CollabRoom(YRoom):
         self._pending: list[tuple[bytes, Connection]] = []
         self._oldest_pending_at = 0.0
         self._work = asyncio.Event()
-        self._capacity = asyncio.Event()
-        self._capacity.set()
+        #: Clients not read from while `max_pending_updates` wait for the next batch.
+        self._held: set[Connection] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._full_update: bytes | None = None
@@ -225,18 +225,13 @@ class CollabRoom(YRoom):
             self._when_committed(lambda: connection.send_nowait(create_sync_message(self.ydoc)))
             if self.awareness.states:
                 connection.send_nowait(self._awareness_message(list(self.awareness.states)))
-            async for message in connection:
-                self._receive(connection, message)
-                delay = connection.throttle(len(message))
-                if delay:
-                    await asyncio.sleep(delay)
-                if len(self._pending) >= self._settings.max_pending_updates:
-                    self._capacity.clear()
-                    await self._capacity.wait()
-        except ProtocolError as error:
-            self._reject(connection, error)
+            await connection.deliver(
+                lambda message: self._receive(connection, message),
+                lambda error: self._reject(connection, error),
+            )
         finally:
             self.clients.discard(connection)
+            self._held.discard(connection)
             self._forget_awareness(connection)
 
     # -- receiving --------------------------------------------------------------------------
@@ -264,6 +259,10 @@ class CollabRoom(YRoom):
                 connection.acknowledge(connection.updates_received)
             return
         self._submit(update, connection)
+        full = len(self._pending) >= self._settings.max_pending_updates
+        if full and connection not in self._held:
+            self._held.add(connection)
+            connection.pause_reading()
 
     def _submit(self, update: bytes, origin: Connection) -> None:
         """Queue an update to be applied, committed, then relayed to everyone but `origin`."""
@@ -398,7 +397,9 @@ class CollabRoom(YRoom):
             self._deleted()
             return
         finally:
-            self._capacity.set()
+            held, self._held = self._held, set()
+            for connection in held:
+                connection.resume_reading()
             for _, origin in batch:
                 origin.uncommitted -= 1
         if applied.integrated:

@@ -20,6 +20,7 @@ from collab_server.settings import Settings
 class MemoryWebSocket:
     def __init__(self) -> None:
         self.application_state = WebSocketState.CONNECTED
+        self.scope: dict[str, Any] = {"extensions": {}}
         self.sent: list[bytes] = []
         self.close_code: int | None = None
         self._inbox: deque[dict[str, Any]] = deque()

@@ -1,0 +1,261 @@
+"""uvicorn's WebSocket protocol with a direct path for the rooms' data frames.
+
+Through ASGI, every frame a client sends is parsed by `websockets` (~5 µs of pure Python for a
+keystroke's 25 bytes), queued, read back by the app's task, and reading is paused and resumed
+around each one (two epoll changes per frame); every frame sent to a client is a message dict
+through Starlette and uvicorn, serialized again for each recipient. At human typing speed
+these were ~40% of the server's CPU per keystroke.
+
+`DirectWebSocketProtocol` (what `collab-server serve` runs) keeps uvicorn's handshake, pings,
+closing handshake and error handling, and offers each accepted socket to the app in the
+scope's extensions (`DIRECT_SOCKET`) as a `DirectSocket`:
+
+* incoming: it splits the stream into whole frames itself; a complete, masked, unfragmented
+  binary frame (every message of the y-websocket protocol) is unmasked and handed to the
+  app's sink at once, in `data_received`. Every other frame (text, fragments, control frames,
+  anything invalid) is fed whole to `websockets`, which stays at a frame boundary and judges it
+  as before; messages it assembles reach the same sink, in order.
+* outgoing: `write` puts a binary frame on the transport at once (the frame built once for all
+  the recipients of a relay), or declines while the socket's buffer is full or closing, and
+  the app falls back to ASGI's `send`.
+
+A socket that negotiated permessage-deflate is not offered: its frames go through ASGI.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+from websockets.speedups import apply_mask
+
+#: The key of the scope's extensions under which an accepted socket offers its direct path.
+DIRECT_SOCKET = "collab.direct_socket"
+#: A message from the client: bytes of a binary message, str of a text message.
+Sink = Callable[[bytes | str], None]
+
+_FIN_BINARY = 0x82
+_MASKED = 0x80
+_LENGTH_16 = 126
+_LENGTH_64 = 127
+
+
+class DirectSocket:
+    """What the app sees of an accepted socket's direct path."""
+
+    def __init__(self, protocol: DirectWebSocketProtocol) -> None:
+        self._protocol = protocol
+
+    def attach(self, sink: Sink) -> None:
+        """Deliver every message from now on to `sink`, in `data_received`, starting with the
+        messages that wait in uvicorn's queue; only disconnects go through ASGI's `receive`."""
+        self._protocol.attach(sink)
+
+    def pause_reading(self) -> None:
+        """Deliver nothing more, not even what was read already, until `resume_reading`."""
+        self._protocol.pause_delivery()
+
+    def resume_reading(self) -> None:
+        self._protocol.resume_delivery()
+
+    def write(self, message: bytes) -> bool:
+        """Send `message` as one binary frame now; False (nothing sent) while the socket's
+        buffer is full, or once it closes: ASGI's `send` waits, or reports the disconnect."""
+        protocol = self._protocol
+        transport = protocol.transport
+        if protocol.close_sent or not protocol.writable.is_set() or transport.is_closing():
+            return False
+        transport.write(server_frame(message))
+        return True
+
+
+class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, with `DirectSocket` offered to the app."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sink: Sink | None = None
+        self._paused = False
+        self._peer_gone = False
+        #: Messages taken from uvicorn's queue, not yet delivered (delivery paused).
+        self._waiting: deque[bytes | str] = deque()
+        #: Whether incoming bytes are split into frames here (from the 101 response on).
+        self._framing = False
+        #: Bytes read but not yet split: the start of a frame not yet complete (whose size in all
+        #: is `_buffered_frame_size`, 0 while unknown), or all that came while delivery paused.
+        self._buffer = bytearray()
+        self._buffered_frame_size = 0
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None and not self.response.headers.get("Sec-WebSocket-Extensions"):
+            scope["extensions"][DIRECT_SOCKET] = DirectSocket(self)
+
+    async def send(self, message: Any) -> None:
+        accepting = not self.handshake_complete and message["type"] == "websocket.accept"
+        await super().send(message)
+        # Clients send frames only after the 101 response: from here the stream is frames
+        # (unless a client sent some before it, which `websockets` holds and keeps parsing).
+        if accepting and self.handshake_complete and not self.conn.reader.buffer:
+            self._framing = True
+
+    def attach(self, sink: Sink) -> None:
+        self._sink = sink
+        while not self.queue.empty():
+            event = self.queue.get_nowait()
+            if event["type"] != "websocket.receive":
+                self.queue.put_nowait(event)  # a disconnect: the app's `receive` takes it
+                break
+            data, text = event.get("bytes"), event.get("text")
+            self._waiting.append(data if data is not None else text or "")
+        self.read_paused = False  # uvicorn's pause, for its queue: delivery pauses from now on
+        self._release()
+
+    def pause_delivery(self) -> None:
+        if self._peer_gone:
+            return
+        self._paused = True
+        self.transport.pause_reading()
+
+    def resume_delivery(self) -> None:
+        self._paused = False
+        # In a turn of its own: not inside the caller (a room finishing its commit).
+        self.loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        """Deliver what waits, then read again, unless delivery pauses meanwhile."""
+        sink = self._sink
+        while self._waiting and not self._paused and sink is not None:
+            sink(self._waiting.popleft())
+        if self._paused:
+            return
+        if self._buffer and len(self._buffer) >= self._buffered_frame_size:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            self._split(data)
+        if not self._paused:
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # What the client sent before it left reaches the room before its disconnect does,
+        # paused or not: it is all there will be.
+        self._peer_gone = True
+        self._paused = False
+        self._release()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._framing or self.conn.state is not State.OPEN:
+            super().data_received(data)
+            return
+        if self._buffer or self._paused:
+            self._buffer += data
+            if self._paused or len(self._buffer) < self._buffered_frame_size:
+                return
+            data = bytes(self._buffer)
+            self._buffer.clear()
+        self._split(data)
+
+    def _split(self, data: bytes) -> None:
+        """Deliver the frames `data` holds; keep the rest (a frame's start, or all that
+        follows a pause)."""
+        max_size = self.config.ws_max_size
+        end = len(data)
+        start = 0
+        while start < end:
+            if self._paused:
+                self._buffer += data[start:]
+                self._buffered_frame_size = 0
+                return
+            header_end, length, masked = _frame_header(data, start, end)
+            if length > max_size:
+                # `websockets` refuses it from its header (1009) and stops reading.
+                super().data_received(data[start:])
+                return
+            frame_end = header_end + length
+            if header_end < 0 or frame_end > end:
+                self._buffer += data[start:]
+                self._buffered_frame_size = frame_end - start if header_end >= 0 else 0
+                return
+            sink = self._sink
+            if (
+                sink is not None
+                and masked
+                and data[start] == _FIN_BINARY
+                and not self.frames
+                and not self.close_sent
+            ):
+                sink(apply_mask(data[header_end:frame_end], data[header_end - 4 : header_end]))
+            else:
+                super().data_received(data[start:frame_end])
+                if self.conn.state is not State.OPEN:
+                    return
+            start = frame_end
+
+    def send_receive_event_to_app(self) -> None:
+        sink = self._sink
+        if sink is None or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.curr_msg_data_type == "text":
+            try:
+                sink(bytes(data).decode())
+            except UnicodeDecodeError:
+                self.conn.send_close(1007)
+                self.handle_parser_exception()
+        else:
+            sink(bytes(data))
+
+
+def _frame_header(data: bytes, start: int, end: int) -> tuple[int, int, bool]:
+    """Of the frame starting at `start`: where its header ends (-1 while `data` ends before
+    it does), its payload's length and whether it is masked."""
+    if end - start < 2:
+        return -1, 0, False
+    second = data[start + 1]
+    masked = bool(second & _MASKED)
+    length = second & 0x7F
+    header_end = start + 2
+    if length == _LENGTH_16:
+        header_end += 2
+        if header_end > end:
+            return -1, 0, masked
+        (length,) = struct.unpack_from("!H", data, start + 2)
+    elif length == _LENGTH_64:
+        header_end += 8
+        if header_end > end:
+            return -1, 0, masked
+        (length,) = struct.unpack_from("!Q", data, start + 2)
+    if masked:
+        header_end += 4
+    if header_end > end:
+        return -1, length, masked
+    return header_end, length, masked
+
+
+_last_message: bytes = b""
+_last_frame: bytes = b"\x82\x00"
+
+
+def server_frame(message: bytes) -> bytes:
+    """`message` as an unmasked binary frame. A relay writes one frame to every recipient in
+    turn, so the last frame built is kept for the next call with the same bytes object."""
+    global _last_message, _last_frame
+    if message is _last_message:
+        return _last_frame
+    length = len(message)
+    if length < _LENGTH_16:
+        header = bytes((_FIN_BINARY, length))
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", _FIN_BINARY, _LENGTH_16, length)
+    else:
+        header = struct.pack("!BBQ", _FIN_BINARY, _LENGTH_64, length)
+    _last_message, _last_frame = message, header + message
+    return _last_frame

@@ -1,0 +1,278 @@
+"""The WebSocket layer's direct path (`collab_server/socket_protocol.py`) against a real server,
+driven by a raw client that writes frames exactly as each test says: split anywhere, several
+in one segment, fragmented around a ping, unmasked, oversized, compressed."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+from pycrdt import Doc, Text, TransactionEvent, create_update_message
+from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.frames import Close, Frame, Opcode
+from websockets.streams import StreamReader
+from websockets.uri import parse_uri
+
+from collab_server.closecodes import CloseCode
+from collab_server.socket_protocol import server_frame
+from tests.conftest import ServerFactory
+from tests.support.server import ServerProcess
+from tests.test_sync import create_room, rest_content, wait_rest_content
+
+pytestmark = pytest.mark.anyio
+
+SYNC_REQUEST = b"\x00\x00\x01\x00"
+#: What the WebSocket layer closes a connection with when a frame breaks RFC 6455.
+PROTOCOL_ERROR = 1002
+
+
+def update_frames(*texts: str) -> list[bytes]:
+    """y-websocket update messages, each appending one of `texts` to the room's text."""
+    doc: Doc[Text] = Doc()
+    text = doc.get("code", type=Text)
+    updates: list[bytes] = []
+
+    def keep(event: TransactionEvent) -> None:
+        updates.append(event.update)
+
+    doc.observe(keep)
+    for piece in texts:
+        text.insert(len(text), piece)
+    return [create_update_message(update) for update in updates]
+
+
+def client_frame(opcode: Opcode, payload: bytes, *, fin: bool = True, mask: bool = True) -> bytes:
+    return Frame(opcode, payload, fin=fin).serialize(mask=mask, extensions=[])
+
+
+class RawClient:
+    """A WebSocket client that writes raw bytes and reads the server's frames with `websockets`'
+    sans-I/O parser. Once `wait_synced` returns, the room reads the socket: what follows goes
+    through the direct path."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.protocol: ClientProtocol
+        self.events: deque[object] = deque()
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, server: ServerProcess, room_id: str) -> AsyncIterator[RawClient]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = cls(reader, writer)
+        client.protocol = ClientProtocol(parse_uri(f"{server.ws_url}/{room_id}"))
+        client.protocol.send_request(client.protocol.connect())
+        await client.write(b"".join(client.protocol.data_to_send()))
+        await client.next_event()  # the 101 response
+        try:
+            yield client
+        finally:
+            writer.close()
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def write_byte_by_byte(self, data: bytes) -> None:
+        """Each byte in a segment of its own: the server reads every frame in pieces."""
+        for at in range(len(data)):
+            await self.write(data[at : at + 1])
+            await asyncio.sleep(0.002)
+
+    async def next_event(self) -> object:
+        with anyio.fail_after(10):
+            while not self.events:
+                data = await self.reader.read(65536)
+                if not data:
+                    self.protocol.receive_eof()
+                else:
+                    self.protocol.receive_data(data)
+                self.events.extend(self.protocol.events_received())
+            return self.events.popleft()
+
+    async def next_frame(self, opcode: Opcode) -> Frame:
+        while True:
+            event = await self.next_event()
+            if isinstance(event, Frame) and event.opcode in (opcode, Opcode.CLOSE):
+                return event
+
+    async def close_code(self) -> int:
+        """The code of the server's close frame (every frame before it skipped)."""
+        frame = await self.next_frame(Opcode.CLOSE)
+        return Close.parse(frame.data).code
+
+    async def wait_synced(self) -> None:
+        """Ask for the document; return once the answer came (every frame before it was read)."""
+        await self.write(client_frame(Opcode.BINARY, SYNC_REQUEST))
+        while not (await self.next_frame(Opcode.BINARY)).data.startswith(b"\x00\x01"):
+            pass
+
+
+@pytest.fixture
+def sqlite_server(sqlite_url: str, start_server: ServerFactory) -> ServerProcess:
+    return start_server(sqlite_url)
+
+
+async def test_frames_arriving_a_byte_at_a_time_are_received_whole(
+    sqlite_server: ServerProcess,
+) -> None:
+    room_id = create_room(sqlite_server)
+    frames = update_frames("split ", "apart")
+    async with RawClient.connect(sqlite_server, room_id) as client:
+        await client.wait_synced()
+        await client.write_byte_by_byte(b"".join(client_frame(Opcode.BINARY, f) for f in frames))
+        await client.wait_synced()
+    await wait_rest_content(sqlite_server, room_id, "split apart")
+
+
+async def test_many_frames_in_one_segment_are_all_received(sqlite_server: ServerProcess) -> None:
+    room_id = create_room(sqlite_server)
+    pieces = [f"{n}," for n in range(200)]
+    async with RawClient.connect(sqlite_server, room_id) as client:
+        await client.wait_synced()
+        await client.write(b"".join(client_frame(Opcode.BINARY, f) for f in update_frames(*pieces)))
+        await client.wait_synced()
+    await wait_rest_content(sqlite_server, room_id, "".join(pieces))
+
+
+async def test_a_fragmented_message_with_a_ping_between_fragments_is_received_whole(
+    sqlite_server: ServerProcess,
+) -> None:
+    room_id = create_room(sqlite_server)
+    (message,) = update_frames("in three fragments")
+    first, second, third = message[:5], message[5:9], message[9:]
+    async with RawClient.connect(sqlite_server, room_id) as client:
+        await client.wait_synced()
+        await client.write(
+            client_frame(Opcode.BINARY, first, fin=False)
+            + client_frame(Opcode.PING, b"still there?")
+            + client_frame(Opcode.CONT, second, fin=False)
+        )
+        assert (await client.next_frame(Opcode.PONG)).data == b"still there?"
+        await client.write(client_frame(Opcode.CONT, third))
+        await client.wait_synced()
+    await wait_rest_content(sqlite_server, room_id, "in three fragments")
+
+
+async def test_a_message_inside_a_fragmented_one_closes_its_sender_with_1002(
+    sqlite_server: ServerProcess,
+) -> None:
+    room_id = create_room(sqlite_server, content="kept")
+    (message,) = update_frames("interleaved")
+    async with RawClient.connect(sqlite_server, room_id) as client:
+        await client.wait_synced()
+        await client.write(
+            client_frame(Opcode.BINARY, message[:5], fin=False)
+            + client_frame(Opcode.BINARY, message)
+        )
+        assert await client.close_code() == PROTOCOL_ERROR
+    assert rest_content(sqlite_server, room_id) == "kept"
+
+
+async def test_an_unmasked_frame_closes_its_sender_with_1002_and_is_not_applied(
+    sqlite_server: ServerProcess,
+) -> None:
+    room_id = create_room(sqlite_server, content="kept")
+    async with RawClient.connect(sqlite_server, room_id) as client:
+        (update,) = update_frames("unmasked")
+        await client.wait_synced()
+        await client.write(client_frame(Opcode.BINARY, update, mask=False))
+        assert await client.close_code() == PROTOCOL_ERROR
+    assert rest_content(sqlite_server, room_id) == "kept"
+
+
+async def test_a_frame_over_the_size_limit_is_refused_from_its_header_with_1009(
+    sqlite_server: ServerProcess,
+) -> None:
+    """Only the header is sent: the server must not wait for the 2 MiB it announces."""
+    room_id = create_room(sqlite_server)
+    header = bytes([0x82, 0x80 | 127]) + (2 * 1024 * 1024).to_bytes(8, "big") + b"mask"
+    async with RawClient.connect(sqlite_server, room_id) as client:
+        await client.wait_synced()
+        await client.write(header)
+        assert await client.close_code() == CloseCode.MESSAGE_TOO_BIG
+
+
+async def test_a_client_past_its_rate_limit_is_read_at_that_rate_and_loses_nothing(
+    sqlite_url: str, start_server: ServerFactory
+) -> None:
+    rate, burst_seconds, sent = 20, 1.0, 100
+    server = start_server(
+        sqlite_url,
+        COLLAB_CLIENT_UPDATES_PER_SECOND=str(rate),
+        COLLAB_CLIENT_BURST_SECONDS=str(burst_seconds),
+    )
+    room_id = create_room(server)
+    async with RawClient.connect(server, room_id) as client:
+        await client.wait_synced()  # one message of the burst
+        started = anyio.current_time()
+        await client.write(
+            b"".join(client_frame(Opcode.BINARY, f) for f in update_frames(*"x" * sent))
+        )
+        with anyio.fail_after(30):
+            while True:
+                read = len(rest_content(server, room_id))
+                allowed = rate * burst_seconds + rate * (anyio.current_time() - started)
+                assert read <= allowed, f"{read} updates read where {allowed:.0f} were allowed"
+                if read == sent:
+                    break
+                await anyio.sleep(0.2)
+
+
+async def test_what_a_throttled_client_sent_before_a_graceful_shutdown_is_committed(
+    sqlite_url: str, start_server: ServerFactory
+) -> None:
+    """Read by the server but held back by the rate limit when the server is stopped."""
+    server = start_server(
+        sqlite_url, COLLAB_CLIENT_UPDATES_PER_SECOND="1", COLLAB_CLIENT_BURST_SECONDS="1"
+    )
+    room_id = create_room(server)
+    async with RawClient.connect(server, room_id) as client:
+        await client.wait_synced()
+        await client.write(
+            b"".join(client_frame(Opcode.BINARY, f) for f in update_frames(*"x" * 50))
+        )
+        await anyio.sleep(0.5)
+        await anyio.to_thread.run_sync(server.terminate)
+    server.start()
+    assert rest_content(server, room_id) == "x" * 50
+
+
+async def test_with_permessage_deflate_messages_take_the_asgi_path_and_still_relay(
+    sqlite_url: str, start_server: ServerFactory
+) -> None:
+    """The writer compresses; the observer does not, and reads through the direct path."""
+    server = start_server(sqlite_url, COLLAB_WS_PER_MESSAGE_DEFLATE="true")
+    room_id = create_room(server)
+    (update,) = update_frames("compressed")
+    url = f"{server.ws_url}/{room_id}"
+    async with (
+        connect(url, compression="deflate") as writer,
+        connect(url, compression=None) as observer,
+    ):
+        assert writer.protocol.extensions, "permessage-deflate was not negotiated"
+        await observer.send(SYNC_REQUEST)
+        await writer.send(update)
+        with anyio.fail_after(10):
+            while await observer.recv() != update:
+                pass
+    await wait_rest_content(server, room_id, "compressed")
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536, 70000])
+def test_server_frames_carry_every_payload_length_encoding(length: int) -> None:
+    message = bytes(range(256)) * (length // 256) + bytes(length % 256)
+    reader = StreamReader()
+    reader.feed_data(server_frame(message))
+    parser = Frame.parse(reader.read_exact, mask=False)
+    with pytest.raises(StopIteration) as parsed:
+        next(parser)
+    frame: Frame = parsed.value.value
+    assert (frame.opcode, frame.fin, frame.data) == (Opcode.BINARY, True, message)
