@@ -49,7 +49,7 @@ class Connection:
         read_only: bool = False,
     ) -> None:
         self._websocket = websocket
-        self._direct: DirectSocket | None = websocket.scope["extensions"].get(DIRECT_SOCKET)
+        self._direct: DirectSocket | None = websocket.scope.get("extensions", {}).get(DIRECT_SOCKET)
         self._room_id = room_id
         self._send_queue_max_bytes = settings.send_queue_max_bytes
         burst = settings.client_burst_seconds
@@ -147,6 +147,10 @@ class Connection:
             self._handle(message)
         except ProtocolError as error:
             self._reject(error)
+        except Exception:
+            # Raised into the transport's `data_received`, it would drop the socket unexplained.
+            room_logger(logger, self._room_id).exception("error while serving a client")
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def pause_reading(self) -> None:
         """Stop reading from the client until as many `resume_reading` calls."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import suppress
 from typing import Any
 
 import anyio
@@ -9,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pycrdt import Doc, Text
 
+from collab_server import compactor as compactor_module
 from collab_server.compactor import Compactor
 from collab_server.settings import Settings
 from crdt_store import Store, text_update
@@ -61,3 +64,24 @@ async def test_many_rooms_compacting_at_once_leave_connections_for_everything_el
         assert [(await store.get_room(room.id)).log_updates for room in rooms] == [0] * 8
     finally:
         await store.close()
+
+
+async def test_stopping_does_not_wait_for_ever_on_a_compaction_that_will_not_stop(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    let_go = asyncio.Event()
+
+    async def compaction_that_ignores_its_cancel(*_: object, **__: object) -> None:
+        with suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        await let_go.wait()
+
+    monkeypatch.setattr(compactor_module, "compact_room", compaction_that_ignores_its_cancel)
+    monkeypatch.setattr(compactor_module, "STOP_WAIT_SECONDS", 0.2)
+    room = await store.create_room(name="r", language="plaintext")
+    compactor = Compactor(store, Settings(database_url=store.url))
+    compactor.request(room.id)
+    await asyncio.sleep(0.05)
+    with anyio.fail_after(5):
+        await compactor.aclose()
+    let_go.set()

@@ -15,6 +15,7 @@ from pycrdt import Doc, YMessageType, YSyncMessageType, create_update_message, w
 from sqlalchemy import insert
 
 from collab_server.closecodes import CloseCode
+from collab_server.connection import Connection
 from collab_server.protocol import read_var_bytes
 from collab_server.room import GAP_WAIT_SECONDS, CollabRoom
 from collab_server.settings import Settings
@@ -23,7 +24,12 @@ from crdt_store.fanout import Committed
 from crdt_store.schema import room_updates
 from tests.support.memory_socket import MemoryWebSocket, memory_connection
 from tests.test_store import loaded_text
-from tests.test_upstream_defects import received_text, running_manager, serving
+from tests.test_upstream_defects import (
+    received_text,
+    running_manager,
+    serve_with_writer,
+    serving,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -74,6 +80,35 @@ async def test_a_sync_request_is_answered_after_the_updates_its_sender_sent_befo
         async with serving(room, client):
             socket.feed(create_update_message(text_update("typed")), SYNC_REQUEST)
             assert await first_sync_reply(socket) == "typed"
+
+
+async def test_an_unexpected_error_handling_a_message_closes_only_its_sender_with_1011(
+    settings: Settings,
+) -> None:
+    async with running_manager(settings) as (manager, store):
+        record = await store.create_room(name="r", language="plaintext")
+        room = await manager.get_room(record.id)
+        failing, failing_socket = memory_connection(record.id)
+        other, other_socket = memory_connection(record.id)
+        receive = room._receive
+
+        def receive_failing_for_one(connection: Connection, message: bytes) -> None:
+            if connection is failing:
+                raise RuntimeError("injected failure")
+            receive(connection, message)
+
+        room._receive = receive_failing_for_one  # type: ignore[method-assign]
+        async with anyio.create_task_group() as tg:
+            for connection in (failing, other):
+                tg.start_soon(serve_with_writer, manager, connection)
+            failing_socket.feed(SYNC_REQUEST)
+            other_socket.feed(create_update_message(text_update("served")), SYNC_REQUEST)
+            assert await first_sync_reply(other_socket) == "served"
+            with anyio.fail_after(5):
+                while failing_socket.close_code is None:
+                    await anyio.sleep(0.01)
+            assert failing_socket.close_code == CloseCode.INTERNAL_ERROR
+            other_socket.hang_up()
 
 
 async def test_a_joiner_is_answered_only_once_the_edits_in_the_document_are_committed(
