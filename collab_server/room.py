@@ -397,9 +397,10 @@ class CollabRoom(YRoom):
             self._deleted()
             return
         finally:
-            held, self._held = self._held, set()
-            for connection in held:
-                connection.resume_reading()
+            if self._held:
+                held, self._held = self._held, set()
+                for connection in held:
+                    connection.resume_reading()
             for _, origin in batch:
                 origin.uncommitted -= 1
         if applied.integrated:

@@ -23,11 +23,12 @@ from collab_server.closecodes import CloseCode
 from collab_server.socket_protocol import server_frame
 from tests.conftest import ServerFactory
 from tests.support.server import ServerProcess
+from tests.test_fuzz import SYNC_REPLY_PREFIX, SYNC_REQUEST
 from tests.test_sync import create_room, rest_content, wait_rest_content
+from tests.test_upstream_defects import typed_update_messages
 
 pytestmark = pytest.mark.anyio
 
-SYNC_REQUEST = b"\x00\x00\x01\x00"
 #: What the WebSocket layer closes a connection with when a frame breaks RFC 6455.
 PROTOCOL_ERROR = 1002
 
@@ -111,7 +112,7 @@ class RawClient:
     async def wait_synced(self) -> None:
         """Ask for the document; return once the answer came (every frame before it was read)."""
         await self.write(client_frame(Opcode.BINARY, SYNC_REQUEST))
-        while not (await self.next_frame(Opcode.BINARY)).data.startswith(b"\x00\x01"):
+        while not (await self.next_frame(Opcode.BINARY)).data.startswith(SYNC_REPLY_PREFIX):
             pass
 
 
@@ -214,7 +215,7 @@ async def test_a_client_past_its_rate_limit_is_read_at_that_rate_and_loses_nothi
         await client.wait_synced()  # one message of the burst
         started = anyio.current_time()
         await client.write(
-            b"".join(client_frame(Opcode.BINARY, f) for f in update_frames(*"x" * sent))
+            b"".join(client_frame(Opcode.BINARY, f) for f in typed_update_messages(sent))
         )
         with anyio.fail_after(30):
             while True:
@@ -237,7 +238,7 @@ async def test_what_a_throttled_client_sent_before_a_graceful_shutdown_is_commit
     async with RawClient.connect(server, room_id) as client:
         await client.wait_synced()
         await client.write(
-            b"".join(client_frame(Opcode.BINARY, f) for f in update_frames(*"x" * 50))
+            b"".join(client_frame(Opcode.BINARY, f) for f in typed_update_messages(50))
         )
         await anyio.sleep(0.5)
         await anyio.to_thread.run_sync(server.terminate)
