@@ -29,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain
 from typing import Any, TypeVar
 
@@ -52,6 +53,7 @@ from crdt_store import (
     RoomNotFound,
     RoomRecord,
     RoomState,
+    Rows,
     StoreUnavailable,
     doc_from_state,
     is_update_error,
@@ -106,6 +108,20 @@ class Applied:
     integrated: list[tuple[Connection, bytes]] = field(default_factory=list)
 
 
+class Batch:
+    """Updates taken together from a room's pending list: applied, committed, relayed at once."""
+
+    __slots__ = ("received_at", "received_at_cut", "updates")
+
+    def __init__(self, updates: list[tuple[bytes, Connection]], received_at: float) -> None:
+        self.updates = updates
+        #: When the oldest of them arrived.
+        self.received_at = received_at
+        #: How many messages each sender had sent when the batch was taken: those are in it
+        #: (or were empty), for its acknowledgements.
+        self.received_at_cut = {origin: origin.updates_received for _, origin in updates}
+
+
 class CollabRoom(YRoom):
     """A loaded room. Create it with the document rebuilt from the store (`ydoc`)."""
 
@@ -151,7 +167,10 @@ class CollabRoom(YRoom):
         self._lagging_to: int | None = None
         self._pending: list[tuple[bytes, Connection]] = []
         self._oldest_pending_at = 0.0
-        self._work = asyncio.Event()
+        #: The batch taken from `_pending` and not yet committed (one at a time, in order).
+        self._batch: Batch | None = None
+        #: Tasks finishing batches the slow way (`_flush_slowly`).
+        self._background: set[asyncio.Task[None]] = set()
         #: Clients not read from while `max_pending_updates` wait for the next batch.
         self._held: set[Connection] = set()
         self._idle = asyncio.Event()
@@ -189,6 +208,8 @@ class CollabRoom(YRoom):
     async def stop(self) -> None:
         if self._catch_up_task is not None:
             self._catch_up_task.cancel()
+        for task in self._background:
+            task.cancel()
         await super().stop()
 
     async def _watch_ready(self) -> None:
@@ -197,23 +218,7 @@ class CollabRoom(YRoom):
         self.ydoc_observed.set()
 
     async def _broadcast_updates(self) -> None:
-        while True:
-            await self._work.wait()
-            self._work.clear()
-            while self._pending:
-                batch, self._pending = self._pending, []
-                self._batches_taken += 1
-                try:
-                    await self._flush(batch)
-                except Exception:
-                    # The batch may be in the document but not in the log, and nothing of it
-                    # was relayed: every client reconnects to the room reloaded from the store
-                    # and sends its edits again.
-                    self.log.exception("a batch failed; closing every client to reload")
-                    self.poisoned = True
-                    for client in list(self.clients):
-                        client.close(CloseCode.INTERNAL_ERROR, "internal error: reconnect")
-            self._idle.set()
+        """Batches are flushed by the group commit's gather step (`_flush`), not by a task."""
 
     def send_server_awareness(self, type: str, changes: tuple[dict[str, Any], Any]) -> None:
         """The server's own awareness state is never broadcast (it has none)."""
@@ -268,10 +273,11 @@ class CollabRoom(YRoom):
         """Queue an update to be applied, committed, then relayed to everyone but `origin`."""
         if not self._pending:
             self._oldest_pending_at = time.perf_counter()
+            if self._batch is None:
+                self._committer.gather(self._flush)
         self._pending.append((update, origin))
         origin.uncommitted += 1
         self._idle.clear()
-        self._work.set()
 
     def _reject(self, connection: Connection, error: ProtocolError) -> None:
         self.log.info("closing a client that sent a bad frame: %s", error)
@@ -384,54 +390,143 @@ class CollabRoom(YRoom):
 
     # -- commit, apply, relay ---------------------------------------------------------------
 
-    async def _flush(self, batch: list[tuple[bytes, Connection]]) -> None:
-        # Messages received before this cut are in the batch (or were empty).
-        received_at_cut = {origin: origin.updates_received for _, origin in batch}
-        received_at = self._oldest_pending_at
-        metrics.UPDATES_RECEIVED.inc(len(batch))
+    def _flush(self) -> None:
+        """Take the pending updates as one batch, apply them and hand them to the group commit,
+        in this turn of the event loop with every other room's; relay them once committed
+        (`_committed`). The rare batch whose apply fails, or whose commit must be retried,
+        finishes in a task (`_flush_slowly`)."""
+        if self._batch is not None or not self._pending:
+            return
+        batch = self._batch = Batch(self._pending, self._oldest_pending_at)
+        self._pending = []
+        self._batches_taken += 1
+        metrics.UPDATES_RECEIVED.inc(len(batch.updates))
         try:
-            applied = await self._integrate(batch)
+            applied, failed = self._apply(batch.updates)
+            if failed:
+                self._in_background(self._flush_slowly(batch, applied, reapply=True))
+            elif applied.accepted:
+                updates = [update for _, update in applied.accepted]
+                self._committer.submit(
+                    self.room_id,
+                    updates,
+                    partial(self._committed, batch, applied, updates, time.perf_counter()),
+                )
+            else:
+                self._finish(batch, applied)
+        except Exception:
+            self._fail(batch)
+
+    def _committed(
+        self,
+        batch: Batch,
+        applied: Applied,
+        updates: list[bytes],
+        committing_at: float,
+        outcome: Rows | BaseException,
+    ) -> None:
+        try:
+            if isinstance(outcome, Rows):
+                self._record_commit(updates, outcome, committing_at)
+                self._finish(batch, applied)
+            elif isinstance(outcome, RoomNotFound):
+                self._deleted()
+                self._end(batch)
+            elif isinstance(outcome, StoreUnavailable):
+                self._in_background(self._flush_slowly(batch, applied, failure=outcome))
+            else:
+                raise outcome
+        except Exception:
+            self._fail(batch)
+
+    async def _flush_slowly(
+        self,
+        batch: Batch,
+        applied: Applied,
+        *,
+        reapply: bool = False,
+        failure: StoreUnavailable | None = None,
+    ) -> None:
+        """Finish a batch whose apply failed (`reapply`: reload the document, apply again what
+        was accepted) or whose commit failed (`failure`: retry it while the database is down)."""
+        try:
+            if reapply:
+                applied = await self._reapply(applied)
             if applied.accepted:
-                await self._commit([update for _, update in applied.accepted])
+                updates = [update for _, update in applied.accepted]
+                committing_at = time.perf_counter()
+                rows = await self._retrying(
+                    "commit", lambda: self._committer.append(self.room_id, updates), failure
+                )
+                self._record_commit(updates, rows, committing_at)
         except RoomNotFound:
             self._deleted()
+            self._end(batch)
             return
-        finally:
-            if self._held:
-                held, self._held = self._held, set()
-                for connection in held:
-                    connection.resume_reading()
-            for _, origin in batch:
-                origin.uncommitted -= 1
+        except Exception:
+            self._fail(batch)
+            return
+        self._finish(batch, applied)
+
+    def _finish(self, batch: Batch, applied: Applied) -> None:
+        """The batch is committed: relay it, answer what waited for it, acknowledge it."""
+        self._end(batch)
         if applied.integrated:
             self._full_update = None
             self._relay(applied.integrated)
         self._run_after_commit()
-        metrics.RELAY_LATENCY_SECONDS.observe(time.perf_counter() - received_at)
-        for connection, count in received_at_cut.items():
+        metrics.RELAY_LATENCY_SECONDS.observe(time.perf_counter() - batch.received_at)
+        for connection, count in batch.received_at_cut.items():
             connection.acknowledge(
                 connection.updates_received if connection.uncommitted == 0 else count
             )
         self._compact_if_due()
 
-    async def _integrate(self, batch: list[tuple[bytes, Connection]]) -> Applied:
-        """Apply the batch to the document; the document is the validator.
+    def _fail(self, batch: Batch) -> None:
+        """The batch may be in the document but not in the log, and nothing of it was relayed:
+        every client reconnects to the room reloaded from the store and sends its edits again."""
+        self.log.exception("a batch failed; closing every client to reload")
+        self.poisoned = True
+        for client in list(self.clients):
+            client.close(CloseCode.INTERNAL_ERROR, "internal error: reconnect")
+        self._end(batch)
+
+    def _end(self, batch: Batch) -> None:
+        """Release what the batch held back; flush what arrived meanwhile."""
+        if self._held:
+            held, self._held = self._held, set()
+            for connection in held:
+                connection.resume_reading()
+        for _, origin in batch.updates:
+            origin.uncommitted -= 1
+        self._batch = None
+        if self._pending:
+            self._committer.gather(self._flush)
+        else:
+            self._idle.set()
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reapply(self, applied: Applied) -> Applied:
+        """After an update failed to apply: the document is reloaded from the store and only
+        the accepted updates are applied again, until none fails.
 
         yrs rejects some updates only against the document they meet (an item whose parent is
         a string, a zero-length item: a trial apply into an empty document finds them merely
         pending). The sender of an update that fails is closed (4400) and nothing more of its
         batch is applied. A failed apply may have integrated part of the update, and a panic
         leaves the document unlike any replay of the log (found by
-        `test_fuzzed_updates_are_committed_whole_or_close_their_sender_with_4400`), so then the
-        document is reloaded from the store and only the accepted updates are applied again.
+        `test_fuzzed_updates_are_committed_whole_or_close_their_sender_with_4400`).
         """
         while True:
-            applied, failed = self._apply(batch)
-            if not failed:
-                return applied
             self.log.warning("an update did not apply; reloading the document from the store")
             await self._reload()
-            batch = [(update, origin) for origin, update in applied.accepted]
+            applied, failed = self._apply([(update, origin) for origin, update in applied.accepted])
+            if not failed:
+                return applied
 
     async def _reload(self) -> None:
         """Rebuild the document from the store. Rows other processes committed meanwhile are in
@@ -486,13 +581,11 @@ class CollabRoom(YRoom):
         self._subscription = doc.observe(self._on_transaction)
         self._full_update = None
 
-    async def _commit(self, updates: list[bytes]) -> None:
-        """Append the accepted updates as received: the log replays to exactly the document.
-        (Neither the observed updates nor a merge of them would: yrs integrates structs that
-        skip clocks, which the observed update leaves out, and merging some forged updates
-        that each apply yields one that does not.)"""
-        committing_at = time.perf_counter()
-        rows = await self._retrying("commit", lambda: self._committer.append(self.room_id, updates))
+    def _record_commit(self, updates: list[bytes], rows: Rows, committing_at: float) -> None:
+        """The accepted updates are in the log as received (neither the observed updates nor a
+        merge of them would do: yrs integrates structs that skip clocks, which the observed
+        update leaves out, and merging some forged updates that each apply yields one that
+        does not), so the log replays to exactly the document."""
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - committing_at)
         metrics.COMMIT_BATCH_UPDATES.observe(len(updates))
         self._count_log_rows(updates)
@@ -537,17 +630,24 @@ class CollabRoom(YRoom):
         metrics.LOG_ROWS_PENDING.inc(stored.log_updates - self.log_updates)
         self.log_updates, self.log_bytes = stored.log_updates, stored.log_bytes
 
-    async def _retrying(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+    async def _retrying(
+        self,
+        what: str,
+        operation: Callable[[], Awaitable[T]],
+        failure: StoreUnavailable | None = None,
+    ) -> T:
         """Run a store operation, retrying while the database is unavailable (nothing is
-        relayed meanwhile)."""
+        relayed meanwhile); `failure`: how its first attempt, made elsewhere, failed."""
         delay = 0.05
         while True:
+            if failure is not None:
+                self.log.warning("%s failed (%s); retrying in %.2f s", what, failure, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._settings.commit_retry_max_seconds)
             try:
                 return await operation()
             except StoreUnavailable as error:
-                self.log.warning("%s failed (%s); retrying in %.2f s", what, error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._settings.commit_retry_max_seconds)
+                failure = error
 
     def _on_transaction(self, event: TransactionEvent) -> None:
         self._transaction_updates.append(event.update)

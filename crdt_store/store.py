@@ -12,7 +12,7 @@ import math
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -411,6 +411,30 @@ class Store:
         except StoreUnavailable:
             await self._dispose_pools()
             raise
+
+    def try_append(
+        self,
+        batches: Mapping[str, Sequence[bytes]],
+        done: Callable[[dict[str, int] | psycopg.Error], None],
+    ) -> bool:
+        """`append_batches` without a task (PostgreSQL, its log connection open and idle): sent
+        now; `done` hears, from the event loop, the rooms' heads after it (rooms gone are
+        absent), or an error for `append_failure`. False (nothing sent): call
+        `append_batches`."""
+        ordered = _in_lock_order(batches)
+        return (
+            self._appender is not None and bool(ordered) and self._appender.try_send(ordered, done)
+        )
+
+    async def append_failure(self, error: psycopg.Error) -> Exception:
+        """What an error `try_append` reported means, as `append_batches` would have raised it:
+        `StoreUnavailable` if the connection is lost (idle connections are closed too), else
+        the statement's own error."""
+        assert self._appender is not None
+        failure = await self._appender.failure(error)
+        if isinstance(failure, StoreUnavailable):
+            await self._dispose_pools()
+        return failure
 
     async def load_room_state(
         self, room_id: str, *, after: int = 0, upto: int | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 
 import anyio
 import pytest
@@ -13,6 +14,7 @@ from pycrdt import Doc, Text
 from crdt_store import (
     GroupCommitter,
     RoomNotFound,
+    Rows,
     Store,
     StoreUnavailable,
     doc_from_state,
@@ -154,15 +156,23 @@ async def test_deleted_room_is_gone_with_its_log(store: Store) -> None:
 
 
 def counting_commits(store: Store) -> list[int]:
-    """Count the store's append transactions: the list holds one entry per commit."""
+    """Count the store's append transactions, sent at once or awaited: the list holds one
+    entry per commit."""
     commits: list[int] = []
-    append_batches = store.append_batches
+    append_batches, try_append = store.append_batches, store.try_append
 
     async def counting(batches):  # type: ignore[no-untyped-def]
         commits.append(len(batches))
         return await append_batches(batches)
 
+    def counting_sent(batches, done):  # type: ignore[no-untyped-def]
+        sent = try_append(batches, done)
+        if sent:
+            commits.append(len(batches))
+        return sent
+
     store.append_batches = counting  # type: ignore[method-assign]
+    store.try_append = counting_sent  # type: ignore[method-assign]
     return commits
 
 
@@ -178,6 +188,30 @@ async def test_group_committer_folds_concurrent_appends_into_one_transaction(
     assert len(commits) <= 2  # the first append may commit alone; the rest join one batch
     for room in rooms:
         assert await loaded_text(store, room.id) == "xyz"
+
+
+async def test_rooms_flushed_in_one_turn_of_the_event_loop_share_one_commit(
+    store: Store,
+) -> None:
+    """Rooms that received updates in one turn of the event loop ask to be flushed at its end
+    (`gather`); what they submit then is one commit, whose rows each of them hears."""
+    rooms = [await store.create_room(name=str(i), language="plaintext") for i in range(3)]
+    commits = counting_commits(store)
+    heard: dict[str, Rows | BaseException] = {}
+    async with GroupCommitter(store) as committer:
+        for room in rooms:
+
+            def flush(room_id: str = room.id) -> None:
+                committer.submit(room_id, typed_updates("ab"), partial(heard.__setitem__, room_id))
+
+            committer.gather(flush)
+        with anyio.fail_after(5):
+            while len(heard) < len(rooms):
+                await anyio.sleep(0.01)
+    assert commits == [3]
+    assert heard == {room.id: Rows(1, 2) for room in rooms}
+    for room in rooms:
+        assert await loaded_text(store, room.id) == "ab"
 
 
 async def test_appends_arriving_within_the_commit_interval_share_one_commit(
@@ -326,6 +360,28 @@ async def test_a_commit_the_database_never_answers_fails_without_stalling_the_ev
                 await committer.append(room.id, [text_update("x")])
             ticking.cancel_scope.cancel()
     assert max(gaps) < 0.5
+
+
+@pytest.mark.postgres
+async def test_an_unanswered_commit_after_answered_ones_fails_one_answer_timeout_after_it_was_sent(
+    store_behind_proxy: Callable[[float], Store], database_proxy: TcpProxy
+) -> None:
+    """Commits sent on the open log connection share one timer for their answers: after a
+    stream of answered commits longer than the timeout, one that is never answered still
+    fails one answer timeout after it was sent, not sooner and not later."""
+    store = store_behind_proxy(1.0)
+    room = await store.create_room(name="r", language="plaintext")
+    with anyio.fail_after(10):
+        async with GroupCommitter(store) as committer:
+            streaming_since = time.perf_counter()
+            while time.perf_counter() - streaming_since < 1.5:
+                await committer.append(room.id, [text_update("x")])
+                await anyio.sleep(0.05)
+            database_proxy.partition()
+            sent = time.perf_counter()
+            with pytest.raises(StoreUnavailable, match="in time"):
+                await committer.append(room.id, [text_update("y")])
+            assert 0.9 < time.perf_counter() - sent < 1.5
 
 
 @pytest.mark.postgres

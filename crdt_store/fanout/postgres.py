@@ -70,6 +70,8 @@ class PostgresFanout(QueuedFanout[str]):
     @property
     def peers(self) -> int:
         """How many other processes were heard on the channel lately."""
+        if not self._heard:  # one process alone: checked at every commit
+            return 0
         since = asyncio.get_running_loop().time() - _PEER_TIMEOUT_SECONDS
         return sum(heard > since for heard in self._heard.values())
 
