@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 
 from .urls import is_postgresql, network_parameters, sync_url
 
@@ -20,10 +20,16 @@ _MIGRATION_LOCK_KEY = 7_312_004_711
 _MIGRATION_NETWORK_TIMEOUT = 10
 
 
-def upgrade_database(url: str) -> None:
-    """Bring the database at `url` to the newest schema (idempotent; blocking)."""
+def alembic_config(connection: Connection) -> Config:
+    """Alembic's configuration for our migrations, run on `connection`."""
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_database(url: str) -> None:
+    """Bring the database at `url` to the newest schema (idempotent; blocking)."""
     network = (
         network_parameters(
             url, _MIGRATION_NETWORK_TIMEOUT, connect_timeout=_MIGRATION_NETWORK_TIMEOUT
@@ -38,7 +44,6 @@ def upgrade_database(url: str) -> None:
                 connection.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
                 )
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(alembic_config(connection), "head")
     finally:
         engine.dispose()

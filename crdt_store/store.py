@@ -380,8 +380,13 @@ class Store:
         return await self.get_room(room_id)
 
     async def delete_room(self, room_id: str) -> None:
-        """Delete the room and all its data (children first: SQLite may not enforce cascades)."""
+        """Delete the room and all its data.
+
+        The room's row is locked first: an append in flight (which holds that lock) commits
+        before its rows are deleted, and one after finds the room gone, so none of its rows
+        outlives the room (the log has no foreign key to cascade from)."""
         async with self._transaction() as conn:
+            await conn.execute(select(rooms.c.id).where(rooms.c.id == room_id).with_for_update())
             await conn.execute(delete(room_updates).where(room_updates.c.room_id == room_id))
             await conn.execute(delete(room_snapshots).where(room_snapshots.c.room_id == room_id))
             result = await conn.execute(delete(rooms).where(rooms.c.id == room_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,6 +23,7 @@ from crdt_store import (
     text_of,
     text_update,
 )
+from crdt_store.store import append_in_transaction
 from crdt_store.urls import network_parameters
 from tests.support.postgres import terminate_connections
 from tests.support.tcp_proxy import TcpProxy
@@ -153,6 +155,29 @@ async def test_deleted_room_is_gone_with_its_log(store: Store) -> None:
     assert not await store.room_exists(room.id)
     recreated = await store.create_room(name="r", language="plaintext", room_id=room.id)
     assert await loaded_text(store, recreated.id) == ""
+
+
+@pytest.mark.postgres
+async def test_a_room_deleted_while_an_append_to_it_commits_leaves_no_rows_behind(
+    postgres_url: str,
+) -> None:
+    """The delete waits for the append in flight and then deletes its rows too: a room made
+    again with the same id starts with an empty log (a row left behind would hold seq 1)."""
+    store = Store.connect(postgres_url)
+    try:
+        room = await store.create_room(name="r", language="plaintext")
+        async with store.engine.connect() as appending:
+            await appending.begin()
+            await append_in_transaction(appending, {room.id: [text_update("late")]})
+            deleting = asyncio.create_task(store.delete_room(room.id))
+            await asyncio.sleep(0.3)
+            await appending.commit()
+        await deleting
+        again = await store.create_room(name="r", language="plaintext", room_id=room.id)
+        await store.append_updates(again.id, [text_update("new")])
+        assert await loaded_text(store, again.id) == "new"
+    finally:
+        await store.close()
 
 
 def counting_commits(store: Store) -> list[int]:
