@@ -45,8 +45,10 @@ class ServerSpec:
     label: str
     #: "y-websocket" (the stock protocol) or "hocuspocus" (its own, with its own provider).
     protocol: str
-    #: For ours: `postgres` or `sqlite`; None for the in-memory peers.
+    #: Where it stores: `postgres` or `sqlite`; None for the in-memory peers.
     database: str | None = None
+    #: The scenarios it runs (None: all of them).
+    scenarios: frozenset[str] | None = None
 
 
 SERVERS = {
@@ -57,6 +59,14 @@ SERVERS = {
         ServerSpec("reference", "@y/websocket-server (reference)", "y-websocket"),
         ServerSpec("pycrdt", "pycrdt-websocket", "y-websocket"),
         ServerSpec("hocuspocus", "Hocuspocus", "hocuspocus"),
+        # Not a server users would pick: the floor of committing before relaying in Python.
+        ServerSpec(
+            "floor",
+            "minimal Python commit-then-relay (floor)",
+            "y-websocket",
+            "postgres",
+            scenarios=frozenset({"fanout"}),
+        ),
     )
 }
 REFERENCE = "reference"
@@ -368,10 +378,28 @@ def start(
     holds COLLAB_REDIS_URL).
     """
     spec = SERVERS[name]
-    if processes > 1 and spec.database != "postgres":
+    if processes > 1 and name != "ours":
         raise ValueError(f"{name} runs as one process only")
     with ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-srv-")))
+        if name == "floor":
+            url = stack.enter_context(scratch_database(postgres_url))
+            pid, port = stack.enter_context(
+                _peer(
+                    [sys.executable, "-m", "bench.floor_peer"],
+                    {"PYTHONPATH": str(PEERS.parents[1]), "COLLAB_DATABASE_URL": url},
+                    directory / "server.log",
+                )
+            )
+            yield BenchServer(
+                spec,
+                [pid],
+                [f"ws://127.0.0.1:{port}"],
+                database_url=url,
+                services=[stack.enter_context(DatabaseCpu(url))],
+                guard=stack.enter_context(MemoryGuard([pid], spec.label)),
+            )
+            return
         if spec.database is not None:
             url = stack.enter_context(
                 scratch_database("sqlite" if spec.database == "sqlite" else postgres_url)

@@ -72,6 +72,24 @@ def table_in(text: str, heading: str) -> list[list[str]]:
 
 
 @pytest.mark.postgres
+def test_floor_smoke_run_converges_in_the_fan_out_beside_the_reference(postgres_url: str) -> None:
+    """The fan-out's floor (`bench/floor_peer.py`: PostgreSQL, so not in the run above) serves
+    the suite's clients, relaying only what it has committed."""
+    run = smoke_run(
+        "suite",
+        300,
+        *("--only", "fanout", "--servers", "floor,reference", "--database-url", postgres_url),
+    )
+    header, *rows = table_in(run.stdout, "Fan-out")
+    converged = header.index("rooms converged")
+    assert [(row[0], row[converged]) for row in rows] == [
+        ("@y/websocket-server (reference)", "4/4"),
+        ("minimal Python commit-then-relay (floor)", "4/4"),
+    ]
+    assert "FAILED" not in run.stdout
+
+
+@pytest.mark.postgres
 def test_scale_out_smoke_run_converges_on_every_deployment_and_writes_no_docs(
     postgres_url: str, redis_url: str
 ) -> None:
