@@ -55,7 +55,7 @@ class Room:
         self._integrated.append(event.update)
 
     def apply_pending(self) -> list[tuple[bytes, Client]]:
-        """Apply what is pending, one transaction a sender; what each integrated, to relay."""
+        """Apply what is pending, one transaction an update; what each integrated, to relay."""
         batch, self.pending = self.pending, []
         integrated = []
         for update, origin in batch:

@@ -107,6 +107,11 @@ class Applied:
     accepted: list[tuple[Connection, bytes]] = field(default_factory=list)
     integrated: list[tuple[Connection, bytes]] = field(default_factory=list)
 
+    @property
+    def to_commit(self) -> list[bytes]:
+        """The accepted updates as received, in the order applied."""
+        return [update for _, update in self.accepted]
+
 
 class Batch:
     """Updates taken together from a room's pending list: applied, committed, relayed at once."""
@@ -406,7 +411,7 @@ class CollabRoom(YRoom):
             if failed:
                 self._in_background(self._flush_slowly(batch, applied, reapply=True))
             elif applied.accepted:
-                updates = [update for _, update in applied.accepted]
+                updates = applied.to_commit
                 self._committer.submit(
                     self.room_id,
                     updates,
@@ -453,7 +458,7 @@ class CollabRoom(YRoom):
             if reapply:
                 applied = await self._reapply(applied)
             if applied.accepted:
-                updates = [update for _, update in applied.accepted]
+                updates = applied.to_commit
                 committing_at = time.perf_counter()
                 rows = await self._retrying(
                     "commit", lambda: self._committer.append(self.room_id, updates), failure

@@ -24,7 +24,6 @@ import asyncio
 import os
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from itertools import chain
 from typing import Any
 
 import psycopg
@@ -111,23 +110,15 @@ def _int_array(numbers: Sequence[int]) -> bytes:
     return f"{{{','.join(map(str, numbers))}}}".encode()
 
 
-def _dumped(batches: Mapping[str, Sequence[bytes]]) -> list[bytes]:
-    """`APPEND_ROWS`'s parameters for these rooms' rows, as sent (`_FORMATS`): what
-    `append_parameters` holds, built in one pass (one a commit, at human typing speed one a
-    keystroke)."""
-    rooms = [room_id.encode() for room_id in batches]
-    row_rooms: list[bytes] = []
-    row_ords: list[int] = []
-    for room, updates in zip(rooms, batches.values(), strict=True):
-        row_rooms += [room] * len(updates)
-        row_ords += range(1, len(updates) + 1)
+def _dumped(parameters: Mapping[str, list[Any]]) -> list[bytes]:
+    """The statement's parameters as sent, in `_FORMATS`."""
     return [
-        _binary_array(_TEXT_OID, rooms),
-        _int_array([len(updates) for updates in batches.values()]),
-        _int_array([sum(map(len, updates)) for updates in batches.values()]),
-        _binary_array(_TEXT_OID, row_rooms),
-        _int_array(row_ords),
-        _binary_array(_BYTEA_OID, list(chain.from_iterable(batches.values()))),
+        _binary_array(_TEXT_OID, [room_id.encode() for room_id in parameters["rooms"]]),
+        _int_array(parameters["counts"]),
+        _int_array(parameters["sizes"]),
+        _binary_array(_TEXT_OID, [room_id.encode() for room_id in parameters["row_rooms"]]),
+        _int_array(parameters["row_ords"]),
+        _binary_array(_BYTEA_OID, parameters["row_data"]),
     ]
 
 
@@ -141,7 +132,9 @@ def _heads(result: pq.abc.PGresult) -> dict[str, int]:
 
 
 def _send(pgconn: pq.abc.PGconn, batches: Mapping[str, Sequence[bytes]]) -> None:
-    pgconn.send_query_prepared(_STATEMENT, _dumped(batches), param_formats=_FORMATS)
+    pgconn.send_query_prepared(
+        _STATEMENT, _dumped(append_parameters(batches)), param_formats=_FORMATS
+    )
 
 
 #: What `LogAppender.try_send` reports: the rooms' heads, or the error that ended the append
