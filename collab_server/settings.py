@@ -147,11 +147,11 @@ class Settings(BaseSettings):
     commit_interval_seconds: float = Field(
         0.0,
         ge=0,
-        description="Least time from the end of one group commit to the start of the next. An "
-        "update after a quiet moment is committed at once; a steady stream of them (many rooms "
-        "typing) is gathered for this long, so one commit carries several keystrokes: less CPU "
-        "per keystroke for up to this much more latency. 0: commit as soon as the previous "
-        "commit ends.",
+        description="Time from the end of one group commit to the start of the next, to the "
+        "event loop's timer resolution (a millisecond). An update after a quiet moment is "
+        "committed at once; a steady stream of them (many rooms typing) is gathered for this "
+        "long, so one commit carries several keystrokes: less CPU per keystroke for up to this "
+        "much more latency. 0: commit as soon as the previous commit ends.",
     )
     commit_retry_max_seconds: float = Field(
         5.0, description="Longest pause between retries of a failed commit (database down)."

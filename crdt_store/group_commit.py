@@ -3,11 +3,12 @@
 Durability costs one transaction (one fsync) per batch instead of one per keystroke, whatever
 the number of rooms and writers; on PostgreSQL the batch for all rooms is one statement.
 
-A commit starts at least `min_interval` after the previous one ended (PostgreSQL's
-`commit_delay`, in spirit): an append arriving after a quiet moment is committed at once, while a
-steady stream of appends (many rooms at human typing speed: each commit would otherwise carry
-one keystroke) is gathered for that long. The fixed cost of a commit, a round trip and a wake-up
-of the server, is then paid once for several keystrokes.
+A commit starts `min_interval` after the previous one ended (PostgreSQL's `commit_delay`, in
+spirit), to the event loop's timer resolution (uvloop's is a millisecond): an append arriving
+after a quiet moment is committed at once, while a steady stream of appends (many rooms at human
+typing speed: each commit would otherwise carry one keystroke) is gathered for that long. The
+fixed cost of a commit, a round trip and a wake-up of the server, is then paid once for several
+keystrokes.
 
 The path of a commit runs in callbacks, not tasks: rooms ask to be flushed at the end of the
 event loop's turn (`gather`), hand their updates over (`submit`), and the statement is sent
@@ -147,8 +148,9 @@ class GroupCommitter:
             self._schedule_gather()
         self._start()
 
-    def _start(self) -> None:
-        """Send what is pending, unless a commit is in flight or the interval says wait."""
+    def _start(self, *, waited: bool = False) -> None:
+        """Send what is pending, unless a commit is in flight or the interval says wait
+        (`waited`: its timer has fired)."""
         if self._in_flight or self._start_scheduled:
             return
         if not self._pending:
@@ -157,7 +159,7 @@ class GroupCommitter:
             return
         assert self._loop is not None
         wait = self._last_commit_ended + self._min_interval - self._loop.time()
-        if wait > 0 and not self._closing:
+        if wait > 0 and not self._closing and not waited:
             self._start_scheduled = True
             self._loop.call_later(wait, self._start_after_interval)
             return
@@ -168,8 +170,11 @@ class GroupCommitter:
             self._run(self._append_awaiting(batches, waiters))
 
     def _start_after_interval(self) -> None:
+        # Not measured again: uvloop fires a timer of less than half a millisecond at once,
+        # while its clock, read once a millisecond, stands still; waiting out the rest of the
+        # interval timer after timer spun the loop until the clock moved.
         self._start_scheduled = False
-        self._start()
+        self._start(waited=True)
 
     def _answered(
         self,
