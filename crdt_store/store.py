@@ -426,10 +426,10 @@ class Store:
         now; `done` hears, from the event loop, the rooms' heads after it (rooms gone are
         absent), or an error for `append_failure`. False (nothing sent): call
         `append_batches`."""
+        if self._appender is None:  # SQLite: sorted once, by `append_batches`
+            return False
         ordered = _in_lock_order(batches)
-        return (
-            self._appender is not None and bool(ordered) and self._appender.try_send(ordered, done)
-        )
+        return bool(ordered) and self._appender.try_send(ordered, done)
 
     async def append_failure(self, error: psycopg.Error) -> Exception:
         """What an error `try_append` reported means, as `append_batches` would have raised it:
