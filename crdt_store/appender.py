@@ -237,6 +237,10 @@ class LogAppender:
         if not self._lock.locked() and self._on_answer is None:
             await self._drop()
 
+    async def close(self) -> None:
+        """At the store's close: as `reset` (an append in flight keeps its connection)."""
+        await self.reset()
+
     def _usable(self) -> bool:
         return (
             self._conn is not None

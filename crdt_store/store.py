@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.abc import PQGen
 from sqlalchemy import delete, event, func, insert, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from .appender import APPEND_ROWS, LogAppender, append_parameters
 from .errors import LogChanged, RoomNotFound, StoreUnavailable
 from .schema import room_snapshots, room_updates, rooms
+from .sqlite_appender import BUSY_TIMEOUT_SECONDS, PRAGMAS, SQLiteAppender, append_rows
 from .urls import async_url, is_postgresql, libpq_url, network_parameters, redact
 
 
@@ -216,10 +218,10 @@ class Store:
     """
 
     def __init__(
-        self, engine: AsyncEngine, url: str, *, appender: LogAppender | None = None
+        self, engine: AsyncEngine, url: str, *, appender: LogAppender | SQLiteAppender
     ) -> None:
         self.engine = engine
-        #: Where log appends run on PostgreSQL: a connection of their own (`LogAppender`).
+        #: Where log appends run: a connection of their own (`LogAppender`, `SQLiteAppender`).
         self._appender = appender
         self.url = url
         self.is_postgresql = is_postgresql(url)
@@ -239,11 +241,15 @@ class Store:
         PostgreSQL (`LogAppender`): autocommit, since an append is one statement, and without a
         pre-ping, whose round trip cost as much as the append; a connection that died since its
         last use fails the append as `StoreUnavailable` (the room retries) and is replaced.
+        On SQLite they run on a connection and a thread of their own (`SQLiteAppender`), one
+        hand-off from the event loop an append.
         """
         if not is_postgresql(url):
-            engine = create_async_engine(async_url(url), connect_args={"timeout": 30})
+            engine = create_async_engine(
+                async_url(url), connect_args={"timeout": BUSY_TIMEOUT_SECONDS}
+            )
             _configure_sqlite(engine)
-            return cls(engine, url)
+            return cls(engine, url, appender=SQLiteAppender(make_url(url).database or ""))
         connect = answer_bounded_connector(answer_timeout)
         network = network_parameters(url, answer_timeout)
         return cls(
@@ -260,7 +266,8 @@ class Store:
         )
 
     async def close(self) -> None:
-        await self._dispose_pools()
+        await self.engine.dispose()
+        await self._appender.close()
 
     def __repr__(self) -> str:
         return f"Store({redact(self.url)!r})"
@@ -296,8 +303,7 @@ class Store:
         left alone. Also after a lost connection: the idle ones share its network path, and
         each dead one would cost an answer timeout on its next use."""
         await self.engine.dispose()
-        if self._appender is not None:
-            await self._appender.reset()
+        await self._appender.reset()
 
     async def ping(self, *, within: float | None = None) -> None:
         """Raise `StoreUnavailable` unless the database answers a query, in at most `within`
@@ -405,9 +411,6 @@ class Store:
 
         Rooms deleted meanwhile are reported in `missing` and do not fail the others.
         """
-        if self._appender is None:
-            async with self._transaction() as conn:
-                return await append_in_transaction(conn, batches)
         ordered = _in_lock_order(batches)
         if not ordered:
             return AppendResult()
@@ -426,7 +429,7 @@ class Store:
         now; `done` hears, from the event loop, the rooms' heads after it (rooms gone are
         absent), or an error for `append_failure`. False (nothing sent): call
         `append_batches`."""
-        if self._appender is None:  # SQLite: sorted once, by `append_batches`
+        if not isinstance(self._appender, LogAppender):  # SQLite: appends on its thread
             return False
         ordered = _in_lock_order(batches)
         return bool(ordered) and self._appender.try_send(ordered, done)
@@ -435,7 +438,7 @@ class Store:
         """What an error `try_append` reported means, as `append_batches` would have raised it:
         `StoreUnavailable` if the connection is lost (idle connections are closed too), else
         the statement's own error."""
-        assert self._appender is not None
+        assert isinstance(self._appender, LogAppender)
         failure = await self._appender.failure(error)
         if isinstance(failure, StoreUnavailable):
             await self._dispose_pools()
@@ -600,33 +603,8 @@ async def append_in_transaction(
         return AppendResult()
     if conn.dialect.name == "postgresql":
         return _appended(ordered, await _append_in_one_statement(conn, ordered))
-    now = _now()
-    result = AppendResult()
-    rows: list[dict[str, Any]] = []
-    for room_id, updates in ordered.items():
-        count = len(updates)
-        head = await conn.scalar(
-            update(rooms)
-            .where(rooms.c.id == room_id)
-            .values(
-                head=rooms.c.head + count,
-                log_updates=rooms.c.log_updates + count,
-                log_bytes=rooms.c.log_bytes + sum(map(len, updates)),
-            )
-            .returning(rooms.c.head)
-        )
-        if head is None:
-            result.missing.add(room_id)
-            continue
-        first = head - count + 1
-        rows.extend(
-            {"room_id": room_id, "seq": first + i, "data": data, "created_at": now}
-            for i, data in enumerate(updates)
-        )
-        result.heads[room_id] = head
-    if rows:
-        await conn.execute(insert(room_updates), rows)
-    return result
+    heads = await conn.run_sync(lambda sync: append_rows(sync.connection.cursor(), ordered))
+    return _appended(ordered, heads)
 
 
 def _in_lock_order(batches: Mapping[str, Sequence[bytes]]) -> dict[str, Sequence[bytes]]:
@@ -662,10 +640,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        for pragma in PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import closing
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 import uvloop
 from pycrdt import Doc, Text
+from sqlalchemy import delete, insert
 
 from crdt_store import (
     GroupCommitter,
@@ -25,6 +31,8 @@ from crdt_store import (
     text_of,
     text_update,
 )
+from crdt_store.schema import room_updates
+from crdt_store.sqlite_appender import SQLiteAppender
 from crdt_store.store import append_in_transaction
 from crdt_store.urls import network_parameters
 from tests.support.postgres import terminate_connections
@@ -148,6 +156,55 @@ async def test_append_batches_commits_several_rooms_and_reports_missing_ones(
     assert result.missing == {"gone"}
     assert await loaded_text(store, a.id) == "A"
     assert await loaded_text(store, b.id) == "B"
+
+
+async def test_a_failed_append_rolls_back_and_leaves_the_log_writable(store: Store) -> None:
+    room = await store.create_room(name="r", language="plaintext")
+    # A row the store did not hand out holds the next sequence number.
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            insert(room_updates).values(
+                room_id=room.id, seq=1, data=text_update("row"), created_at=datetime.now(UTC)
+            )
+        )
+    # `failed` keeps the error, and the append's frames in its traceback, alive to the end, as
+    # a caller that logs or re-raises it does.
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.UniqueViolation)) as failed:
+        await store.append_updates(room.id, [text_update("conflicting")])
+    # Not held up by a write lock the failed append kept (SQLite: "database is locked").
+    async with store.engine.begin() as conn:
+        await conn.execute(delete(room_updates).where(room_updates.c.room_id == room.id))
+    assert await store.append_updates(room.id, [text_update("next")]) == 1
+    assert await loaded_text(store, room.id) == "next"
+    assert failed.value.__traceback__ is not None
+
+
+async def test_an_sqlite_append_kept_waiting_past_the_busy_timeout_is_unavailable(
+    sqlite_url: str,
+) -> None:
+    store = Store.connect(sqlite_url)
+    appender = SQLiteAppender(sqlite_url.removeprefix("sqlite:///"), busy_timeout=0.2)
+    try:
+        room = await store.create_room(name="r", language="plaintext")
+        with closing(sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))) as lock:
+            lock.execute("BEGIN IMMEDIATE")
+            with pytest.raises(StoreUnavailable, match="locked"):
+                await appender.append({room.id: [text_update("waited")]})
+            lock.rollback()
+        assert await appender.append({room.id: [text_update("committed")]}) == {room.id: 1}
+        assert await loaded_text(store, room.id) == "committed"
+    finally:
+        await appender.close()
+        await store.close()
+
+
+async def test_closing_an_sqlite_store_ends_its_append_thread(sqlite_url: str) -> None:
+    store = Store.connect(sqlite_url)
+    room = await store.create_room(name="r", language="plaintext")
+    await store.append_updates(room.id, [text_update("x")])
+    assert any(t.name.startswith("sqlite-append") for t in threading.enumerate())
+    await store.close()
+    assert not any(t.name.startswith("sqlite-append") for t in threading.enumerate())
 
 
 async def test_deleted_room_is_gone_with_its_log(store: Store) -> None:
