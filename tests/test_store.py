@@ -182,11 +182,12 @@ async def test_a_failed_append_rolls_back_and_leaves_the_log_writable(store: Sto
 async def test_an_sqlite_append_kept_waiting_past_the_busy_timeout_is_unavailable(
     sqlite_url: str,
 ) -> None:
+    path = sqlite_url.removeprefix("sqlite:///")
     store = Store.connect(sqlite_url)
-    appender = SQLiteAppender(sqlite_url.removeprefix("sqlite:///"), busy_timeout=0.2)
+    appender = SQLiteAppender(path, busy_timeout=0.2)
     try:
         room = await store.create_room(name="r", language="plaintext")
-        with closing(sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))) as lock:
+        with closing(sqlite3.connect(path)) as lock:
             lock.execute("BEGIN IMMEDIATE")
             with pytest.raises(StoreUnavailable, match="locked"):
                 await appender.append({room.id: [text_update("waited")]})
