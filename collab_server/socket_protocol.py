@@ -20,13 +20,20 @@ scope's extensions (`DIRECT_SOCKET`) as a `DirectSocket`:
   the app falls back to ASGI's `send`.
 
 A socket that negotiated permessage-deflate is not offered: its frames go through ASGI.
+
+Every accepted socket also offers `hand_over` (`HAND_OVER` in the scope's extensions): the app
+names what serves the rest of the connection and returns from its ASGI call, and uvicorn's task
+for the socket runs it from there. The call's chain (uvicorn's, FastAPI's and Starlette's
+middleware and routing: ~53 objects the garbage collector tracks, ~9 KB) is released instead
+of being held for the connection's life. A full collection walks them all while every room
+waits: with a thousand idle clients, ~247,000 objects before, ~193,000 now.
 """
 
 from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -35,8 +42,12 @@ from websockets.speedups import apply_mask
 
 #: The key of the scope's extensions under which an accepted socket offers its direct path.
 DIRECT_SOCKET = "collab.direct_socket"
+#: The key of the scope's extensions under which an accepted socket offers `hand_over`.
+HAND_OVER = "collab.hand_over"
 #: A message from the client: bytes of a binary message, str of a text message.
 Sink = Callable[[bytes | str], None]
+#: What serves the rest of a connection after the app's ASGI call has returned.
+Serve = Callable[[], Awaitable[None]]
 
 _FIN_BINARY = 0x82
 _MASKED = 0x80
@@ -89,12 +100,31 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         #: is `_buffered_frame_size`, 0 while unknown), or all that came while delivery paused.
         self._buffer = bytearray()
         self._buffered_frame_size = 0
+        self._handed_over: Serve | None = None
+        self._asgi_app = self.app
+        self.app = self._call_app
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
-        if scope is not None and not self.response.headers.get("Sec-WebSocket-Extensions"):
+        if scope is None:
+            return
+        scope["extensions"][HAND_OVER] = self.hand_over
+        if not self.response.headers.get("Sec-WebSocket-Extensions"):
             scope["extensions"][DIRECT_SOCKET] = DirectSocket(self)
+
+    def hand_over(self, serve: Serve) -> None:
+        """Serve the rest of the connection with `serve` once the app's ASGI call returns."""
+        self._handed_over = serve
+
+    async def _call_app(self, scope: Any, receive: Any, send: Any) -> None:
+        """The app's ASGI call, then what it handed over, in uvicorn's task for the socket: a
+        graceful shutdown waits for it, and its errors are logged and end the socket as the
+        app's do."""
+        await self._asgi_app(scope, receive, send)
+        serve, self._handed_over = self._handed_over, None
+        if serve is not None:
+            await serve()
 
     async def send(self, message: Any) -> None:
         accepting = not self.handshake_complete and message["type"] == "websocket.accept"

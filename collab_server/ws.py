@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import partial
 
 from fastapi import APIRouter, WebSocket
 
@@ -15,6 +16,7 @@ from .closecodes import CloseCode
 from .connection import Connection
 from .logs import room_logger
 from .services import Services
+from .socket_protocol import HAND_OVER
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -26,7 +28,9 @@ async def room_socket(websocket: WebSocket, room_id: str) -> None:
     """Join a room. `?token=` when tokens are on; `?ack=1` opts into "committed" messages.
 
     Refusals are sent as close codes after accepting, because browsers hide the HTTP status
-    of a refused upgrade; y-websocket stops retrying on 44xx.
+    of a refused upgrade; y-websocket stops retrying on 44xx. An accepted client is handed
+    over to the socket's protocol where it offers that (`collab-server serve` does), so that
+    this call returns and the call chain above it is not held for the connection's life.
     """
     services: Services = websocket.app.state.services
     await websocket.accept()
@@ -55,6 +59,16 @@ async def room_socket(websocket: WebSocket, room_id: str) -> None:
         wants_acks=websocket.query_params.get("ack") == "1",
         read_only=permission is Permission.READ,
     )
+    serve = partial(_serve, services, connection)
+    hand_over = websocket.scope["extensions"].get(HAND_OVER)
+    if hand_over is None:
+        await serve()
+    else:
+        hand_over(serve)
+
+
+async def _serve(services: Services, connection: Connection) -> None:
+    room_id = connection.path
     metrics.CONNECTIONS.inc()
     try:
         async with connection.running():

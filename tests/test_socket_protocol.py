@@ -5,13 +5,18 @@ in one segment, fragmented around a ping, unmasked, oversized, compressed."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from types import CoroutineType
 
 import anyio
+import httpx
 import pytest
+import uvicorn
 from pycrdt import Doc, Text, TransactionEvent, create_update_message
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
@@ -19,10 +24,13 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 from websockets.uri import parse_uri
 
+from collab_server.app import create_app
 from collab_server.closecodes import CloseCode
-from collab_server.socket_protocol import server_frame
+from collab_server.settings import Settings
+from collab_server.socket_protocol import DirectWebSocketProtocol, server_frame
+from collab_server.ws import room_socket
 from tests.conftest import ServerFactory
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, free_port
 from tests.test_fuzz import SYNC_REPLY_PREFIX, SYNC_REQUEST
 from tests.test_sync import create_room, rest_content, wait_rest_content
 from tests.test_upstream_defects import typed_update_messages
@@ -265,6 +273,57 @@ async def test_with_permessage_deflate_messages_take_the_asgi_path_and_still_rel
             while await observer.recv() != update:
                 pass
     await wait_rest_content(server, room_id, "compressed")
+
+
+@asynccontextmanager
+async def in_process_server(settings: Settings) -> AsyncIterator[str]:
+    """The app served by uvicorn with our WebSocket protocol in this process (for what only
+    the process itself shows); yields its base URL, once it is ready."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), port=port, ws=DirectWebSocketProtocol, log_config=None
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            with anyio.fail_after(30):
+                while not server.started or (await http.get("/readyz")).status_code != 200:
+                    await anyio.sleep(0.05)
+        yield base_url
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def test_a_served_client_holds_no_asgi_call_of_its_own(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The endpoint hands an accepted client over to the socket's protocol and returns: the
+    call chain above it (middleware, routing) is not held for the connection's life."""
+    settings = Settings(database_url=sqlite_url, web_dist=tmp_path / "no-web-client")
+    async with in_process_server(settings) as base_url:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            room_id = (await http.post("/api/v1/rooms", json={})).raise_for_status().json()["id"]
+        (update,) = update_frames("still served")
+        url = f"{base_url.replace('http', 'ws')}/ws/{room_id}"
+        async with connect(url, compression=None) as writer, connect(url) as observer:
+            for client in (writer, observer):
+                await client.send(SYNC_REQUEST)
+                with anyio.fail_after(10):
+                    while not (await client.recv()).startswith(SYNC_REPLY_PREFIX):
+                        pass
+            endpoint_calls = [
+                o
+                for o in gc.get_objects()
+                if isinstance(o, CoroutineType) and o.cr_code is room_socket.__code__
+            ]
+            assert endpoint_calls == []
+            await writer.send(update)
+            with anyio.fail_after(10):
+                while await observer.recv() != update:
+                    pass
 
 
 @pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536, 70000])
