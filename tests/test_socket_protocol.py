@@ -1,6 +1,7 @@
 """The WebSocket layer's direct path (`collab_server/socket_protocol.py`) against a real server,
 driven by a raw client that writes frames exactly as each test says: split anywhere, several
-in one segment, fragmented around a ping, unmasked, oversized, compressed."""
+in one segment, fragmented around a ping, unmasked, oversized, compressed; and its hand-over,
+in a server run in the test's own process."""
 
 from __future__ import annotations
 
@@ -281,7 +282,11 @@ async def in_process_server(settings: Settings) -> AsyncIterator[str]:
     the process itself shows); yields its base URL, once it is ready."""
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), port=port, ws=DirectWebSocketProtocol, log_config=None
+        create_app(settings),
+        port=port,
+        ws=DirectWebSocketProtocol,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
+        log_config=None,
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())
@@ -301,14 +306,23 @@ async def test_a_served_client_holds_no_asgi_call_of_its_own(
     sqlite_url: str, tmp_path: Path
 ) -> None:
     """The endpoint hands an accepted client over to the socket's protocol and returns: the
-    call chain above it (middleware, routing) is not held for the connection's life."""
-    settings = Settings(database_url=sqlite_url, web_dist=tmp_path / "no-web-client")
+    call chain above it (middleware, routing) is not held for the connection's life. The writer
+    takes the direct path, the observer (compressed) the ASGI one."""
+    settings = Settings(
+        database_url=sqlite_url,
+        web_dist=tmp_path / "no-web-client",
+        ws_per_message_deflate=True,
+    )
     async with in_process_server(settings) as base_url:
         async with httpx.AsyncClient(base_url=base_url) as http:
             room_id = (await http.post("/api/v1/rooms", json={})).raise_for_status().json()["id"]
         (update,) = update_frames("still served")
         url = f"{base_url.replace('http', 'ws')}/ws/{room_id}"
-        async with connect(url, compression=None) as writer, connect(url) as observer:
+        async with (
+            connect(url, compression=None) as writer,
+            connect(url, compression="deflate") as observer,
+        ):
+            assert observer.protocol.extensions, "permessage-deflate was not negotiated"
             for client in (writer, observer):
                 await client.send(SYNC_REQUEST)
                 with anyio.fail_after(10):
