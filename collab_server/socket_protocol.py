@@ -101,6 +101,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         self._buffer = bytearray()
         self._buffered_frame_size = 0
         self._handed_over: Serve | None = None
+        # uvicorn's `run_asgi` calls `self.app` and ends the socket when it returns.
         self._asgi_app = self.app
         self.app = self._call_app
 
