@@ -72,8 +72,9 @@ class Connection:
         #: A send that suspended (the socket's buffer was full), for the writer to finish.
         self._suspended: tuple[Coroutine[Any, Any, None], Any] | None = None
         self._close: tuple[int, str] | None = None
-        #: Set once the writer has ended: the close frame is out, or the peer is gone.
-        self._written_out = asyncio.Event()
+        #: Done once the writer has ended: the close frame is out, or the peer is gone. A future,
+        #: not an event: `deliver` waits for it without a task of its own.
+        self._written_out: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._handle: Callable[[bytes], None] = _ignore
         self._reject: Callable[[ProtocolError], None] = _ignore
         #: Reasons reading is paused for (rate limit, room at capacity); read again at none.
@@ -109,16 +110,12 @@ class Connection:
             return
         self._direct.attach(self._on_message)
         # Only the disconnect still comes through ASGI.
-        waiters = (
-            asyncio.ensure_future(self._websocket.receive()),
-            asyncio.ensure_future(self._written_out.wait()),
-        )
+        disconnect = asyncio.ensure_future(self._websocket.receive())
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((disconnect, self._written_out), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+            disconnect.cancel()
+            await asyncio.gather(disconnect, return_exceptions=True)
 
     async def _deliver_from_asgi(self) -> None:
         while self._close is None:
@@ -265,7 +262,7 @@ class Connection:
         except Exception:
             self._lost()
         finally:
-            self._written_out.set()
+            self._written_out.set_result(None)
 
 
 async def _finish(coroutine: Coroutine[Any, Any, None], waiting_on: Any) -> None:
