@@ -26,7 +26,7 @@ names what serves the rest of the connection and returns from its ASGI call, and
 for the socket runs it from there. The call's chain (uvicorn's, FastAPI's and Starlette's
 middleware and routing: ~53 objects the garbage collector tracks, ~9 KB) is released instead
 of being held for the connection's life. A full collection walks them all while every room
-waits: with a thousand idle clients, ~247,000 objects before, ~193,000 now.
+waits: with a thousand idle clients, ~247,000 objects with the calls held, ~193,000 without.
 """
 
 from __future__ import annotations
