@@ -34,6 +34,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -92,8 +93,9 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         self._sink: Sink | None = None
         self._paused = False
         self._peer_gone = False
-        #: Messages taken from uvicorn's queue, not yet delivered (delivery paused).
-        self._waiting: deque[bytes | str] = deque()
+        #: Messages taken from uvicorn's queue at `attach`, not yet delivered (delivery paused);
+        #: None once none wait (an empty deque takes ~750 bytes a connection).
+        self._waiting: deque[bytes | str] | None = None
         #: Whether incoming bytes are split into frames here (from the 101 response on).
         self._framing = False
         #: Bytes read but not yet split: the start of a frame not yet complete (whose size in all
@@ -125,25 +127,36 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         await self._asgi_app(scope, receive, send)
         serve, self._handed_over = self._handed_over, None
         if serve is not None:
+            # The scope outlives the call; the exit stacks FastAPI left in it (~2.6 KB a
+            # connection) were closed as the call returned.
+            for key in [key for key, value in scope.items() if isinstance(value, AsyncExitStack)]:
+                del scope[key]
             await serve()
 
     async def send(self, message: Any) -> None:
         accepting = not self.handshake_complete and message["type"] == "websocket.accept"
         await super().send(message)
+        if not (accepting and self.handshake_complete):
+            return
+        # uvicorn keeps the handshake's request and response (their headers: ~4 KB) for the
+        # connection's life, and reads them only until the 101 response is sent.
+        del self.request, self.response
         # Clients send frames only after the 101 response: from here the stream is frames
         # (unless a client sent some before it, which `websockets` holds and keeps parsing).
-        if accepting and self.handshake_complete and not self.conn.reader.buffer:
+        if not self.conn.reader.buffer:
             self._framing = True
 
     def attach(self, sink: Sink) -> None:
         self._sink = sink
+        waiting: deque[bytes | str] = deque()
         while not self.queue.empty():
             event = self.queue.get_nowait()
             if event["type"] != "websocket.receive":
                 self.queue.put_nowait(event)  # a disconnect: the app's `receive` takes it
                 break
             data, text = event.get("bytes"), event.get("text")
-            self._waiting.append(data if data is not None else text or "")
+            waiting.append(data if data is not None else text or "")
+        self._waiting = waiting or None
         self.read_paused = False  # uvicorn's pause, for its queue: delivery pauses from now on
         self._release()
 
@@ -160,11 +173,12 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _release(self) -> None:
         """Deliver what waits, then read again, unless delivery pauses meanwhile."""
-        sink = self._sink
-        while self._waiting and not self._paused and sink is not None:
-            sink(self._waiting.popleft())
+        sink, waiting = self._sink, self._waiting
+        while waiting and not self._paused and sink is not None:
+            sink(waiting.popleft())
         if self._paused:
             return
+        self._waiting = None
         if self._buffer and len(self._buffer) >= self._buffered_frame_size:
             data = bytes(self._buffer)
             self._buffer.clear()

@@ -10,16 +10,17 @@ import gc
 import socket
 from collections import deque
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import CoroutineType
+from typing import TypeVar
 
 import anyio
 import httpx
 import pytest
 import uvicorn
 from pycrdt import Doc, Text, TransactionEvent, create_update_message
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
@@ -40,6 +41,8 @@ pytestmark = pytest.mark.anyio
 
 #: What the WebSocket layer closes a connection with when a frame breaks RFC 6455.
 PROTOCOL_ERROR = 1002
+
+T = TypeVar("T")
 
 
 def update_frames(*texts: str) -> list[bytes]:
@@ -302,12 +305,12 @@ async def in_process_server(settings: Settings) -> AsyncIterator[str]:
         await serving
 
 
-async def test_a_served_client_holds_no_asgi_call_of_its_own(
+@asynccontextmanager
+async def synced_pair(
     sqlite_url: str, tmp_path: Path
-) -> None:
-    """The endpoint hands an accepted client over to the socket's protocol and returns: the
-    call chain above it (middleware, routing) is not held for the connection's life. The writer
-    takes the direct path, the observer (compressed) the ASGI one."""
+) -> AsyncIterator[tuple[ClientConnection, ClientConnection]]:
+    """A writer on the direct path and an observer on the ASGI one (compressed), both synced,
+    in a room of a server in this process."""
     settings = Settings(
         database_url=sqlite_url,
         web_dist=tmp_path / "no-web-client",
@@ -316,7 +319,6 @@ async def test_a_served_client_holds_no_asgi_call_of_its_own(
     async with in_process_server(settings) as base_url:
         async with httpx.AsyncClient(base_url=base_url) as http:
             room_id = (await http.post("/api/v1/rooms", json={})).raise_for_status().json()["id"]
-        (update,) = update_frames("still served")
         url = f"{base_url.replace('http', 'ws')}/ws/{room_id}"
         async with (
             connect(url, compression=None) as writer,
@@ -328,17 +330,55 @@ async def test_a_served_client_holds_no_asgi_call_of_its_own(
                 with anyio.fail_after(10):
                     while not (await client.recv()).startswith(SYNC_REPLY_PREFIX):
                         pass
-            # `type()`, not `isinstance()`: the heap holds weak proxies, some to dead objects.
-            endpoint_calls = [
-                o
-                for o in gc.get_objects()
-                if type(o) is CoroutineType and o.cr_code is room_socket.__code__
-            ]
-            assert endpoint_calls == []
-            await writer.send(update)
-            with anyio.fail_after(10):
-                while await observer.recv() != update:
-                    pass
+            yield writer, observer
+
+
+async def relayed(writer: ClientConnection, observer: ClientConnection, text: str) -> None:
+    """Return once `text`, typed by `writer`, has reached `observer`."""
+    (update,) = update_frames(text)
+    await writer.send(update)
+    with anyio.fail_after(10):
+        while await observer.recv() != update:
+            pass
+
+
+def live(kind: type[T]) -> list[T]:
+    """Every object of exactly `kind` in the heap (`type()`, not `isinstance()`: the heap holds
+    weak proxies, some to dead objects, which `isinstance()` dereferences)."""
+    return [o for o in gc.get_objects() if type(o) is kind]
+
+
+async def test_a_served_client_holds_no_asgi_call_of_its_own(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """The endpoint hands an accepted client over to the socket's protocol and returns: the
+    call chain above it (middleware, routing) is not held for the connection's life."""
+    async with synced_pair(sqlite_url, tmp_path) as (writer, observer):
+        endpoint_calls = [o for o in live(CoroutineType) if o.cr_code is room_socket.__code__]
+        assert endpoint_calls == []
+        await relayed(writer, observer, "still served")
+
+
+async def test_a_served_client_keeps_neither_its_handshake_nor_the_calls_exit_stacks(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    async with synced_pair(sqlite_url, tmp_path) as (writer, observer):
+        protocols = live(DirectWebSocketProtocol)
+        assert len(protocols) == 2
+        for protocol in protocols:
+            assert not hasattr(protocol, "request")
+            assert not hasattr(protocol, "response")
+            assert not [v for v in protocol.scope.values() if isinstance(v, AsyncExitStack)]
+        await relayed(writer, observer, "still served")
+
+
+async def test_a_client_with_nothing_to_write_has_no_writer_task(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    async with synced_pair(sqlite_url, tmp_path) as (writer, observer):
+        await relayed(writer, observer, "relayed at once")
+        writers = [t for t in asyncio.all_tasks() if t.get_name().startswith("writer:")]
+        assert writers == []
 
 
 @pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536, 70000])
