@@ -343,8 +343,10 @@ async def relayed(writer: ClientConnection, observer: ClientConnection, text: st
 
 
 def live(kind: type[T]) -> list[T]:
-    """Every object of exactly `kind` in the heap (`type()`, not `isinstance()`: the heap holds
-    weak proxies, some to dead objects, which `isinstance()` dereferences)."""
+    """Every object of exactly `kind` alive: collected first, as earlier tests may have left
+    garbage in cycles; `type()`, not `isinstance()`, as the heap holds weak proxies, some to
+    dead objects, which `isinstance()` dereferences."""
+    gc.collect()
     return [o for o in gc.get_objects() if type(o) is kind]
 
 
