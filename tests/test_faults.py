@@ -506,6 +506,40 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_memory_stays_
     assert growth < MEMORY_GROWTH_BOUND
 
 
+async def read_until_text(ws: ClientConnection, doc: Doc[Text], expected: str) -> None:
+    """Apply every update the socket delivers until `doc` holds `expected`."""
+    with anyio.fail_after(30):
+        while text_of(doc) != expected:
+            message = await ws.recv()
+            assert isinstance(message, bytes)
+            if message[0] == YMessageType.SYNC and message[1] != YSyncMessageType.SYNC_STEP1:
+                doc.apply_update(read_message(message[2:]))
+
+
+async def test_a_client_that_stops_reading_for_a_while_gets_every_update_in_order_then_later_ones(
+    sqlite_server: ServerProcess,
+) -> None:
+    """Behind a full socket buffer its frames queue for the connection's writer, which sends
+    them, and those queued meanwhile, in order, then ends; what is relayed after that is written
+    at once again (a writer that ended early, or never, would strand frames)."""
+    server = sqlite_server
+    room_id = create_room(server)
+    pastes = [f"{number:08d}".ljust(256 * 1024, "x") for number in range(60)]
+    async with connect(f"{server.ws_url}/{room_id}?ack=1", max_size=None) as writer_socket:
+        slow = await connect_without_reading(server, room_id)
+        writer = PastingWriter(writer_socket)
+        for paste in pastes[:40]:  # 10 MiB: more than the kernel's buffers on both sides hold
+            await writer.paste(paste)
+        slow_doc: Doc[Text] = Doc()
+        async with anyio.create_task_group() as tg:  # it reads while the pastes go on
+            tg.start_soon(read_until_text, slow, slow_doc, pastes[-1])
+            for paste in pastes[40:]:
+                await writer.paste(paste)
+        await writer.paste("after the backlog")
+        await read_until_text(slow, slow_doc, "after the backlog")
+        await slow.close()
+
+
 async def test_a_client_that_reads_can_join_a_document_larger_than_the_send_queue_bound(
     sqlite_url: str, tmp_path: Path
 ) -> None:
