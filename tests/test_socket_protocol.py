@@ -29,7 +29,7 @@ from websockets.uri import parse_uri
 from collab_server.app import create_app
 from collab_server.closecodes import CloseCode
 from collab_server.settings import Settings
-from collab_server.socket_protocol import DirectWebSocketProtocol, server_frame
+from collab_server.socket_protocol import DirectWebSocketProtocol, ReceiveQueue, server_frame
 from collab_server.ws import room_socket
 from tests.conftest import ServerFactory
 from tests.support.server import ServerProcess, free_port
@@ -372,6 +372,30 @@ async def test_a_served_client_keeps_neither_its_handshake_nor_the_calls_exit_st
             assert not hasattr(protocol, "response")
             assert not [v for v in protocol.scope.values() if isinstance(v, AsyncExitStack)]
         await relayed(writer, observer, "still served")
+
+
+async def test_a_served_clients_events_for_asgi_receive_wait_in_no_asyncio_queue(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """An `asyncio.Queue` would hold three deques and an event for the connection's life."""
+    async with synced_pair(sqlite_url, tmp_path) as (writer, observer):
+        protocols = live(DirectWebSocketProtocol)
+        assert len(protocols) == 2
+        assert [p.queue for p in protocols if isinstance(p.queue, asyncio.Queue)] == []
+        await relayed(writer, observer, "still served")
+
+
+async def test_the_receive_queue_hands_events_in_order_to_its_one_reader() -> None:
+    queue = ReceiveQueue()
+    reading = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="one reader"):
+        await queue.get()
+    queue.put_nowait("first")
+    queue.put_nowait("second")
+    assert await reading == "first"
+    assert queue.get_nowait() == "second"
+    assert queue.empty()
 
 
 async def test_a_client_with_nothing_to_write_has_no_writer_task(
