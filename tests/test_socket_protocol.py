@@ -350,6 +350,13 @@ def live(kind: type[T]) -> list[T]:
     return [o for o in gc.get_objects() if type(o) is kind]
 
 
+def pair_protocols() -> list[DirectWebSocketProtocol]:
+    """The protocols of `synced_pair`'s two sockets."""
+    protocols = live(DirectWebSocketProtocol)
+    assert len(protocols) == 2
+    return protocols
+
+
 async def test_a_served_client_holds_no_asgi_call_of_its_own(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -365,9 +372,7 @@ async def test_a_served_client_keeps_neither_its_handshake_nor_the_calls_exit_st
     sqlite_url: str, tmp_path: Path
 ) -> None:
     async with synced_pair(sqlite_url, tmp_path) as (writer, observer):
-        protocols = live(DirectWebSocketProtocol)
-        assert len(protocols) == 2
-        for protocol in protocols:
+        for protocol in pair_protocols():
             assert not hasattr(protocol, "request")
             assert not hasattr(protocol, "response")
             assert not [v for v in protocol.scope.values() if isinstance(v, AsyncExitStack)]
@@ -379,9 +384,8 @@ async def test_a_served_clients_events_for_asgi_receive_wait_in_no_asyncio_queue
 ) -> None:
     """An `asyncio.Queue` would hold three deques and an event for the connection's life."""
     async with synced_pair(sqlite_url, tmp_path) as (writer, observer):
-        protocols = live(DirectWebSocketProtocol)
-        assert len(protocols) == 2
-        assert [p.queue for p in protocols if isinstance(p.queue, asyncio.Queue)] == []
+        queues = [p.queue for p in pair_protocols()]
+        assert [q for q in queues if isinstance(q, asyncio.Queue)] == []
         await relayed(writer, observer, "still served")
 
 
