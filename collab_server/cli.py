@@ -10,6 +10,7 @@ import anyio
 import typer
 import uvicorn
 from fastapi import FastAPI
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
@@ -44,6 +45,20 @@ def app_from_environment() -> FastAPI:
     return app
 
 
+def settings_or_exit() -> Settings:
+    """The settings from the environment; a bad one exits with status 2, each error on a line
+    naming its variable (pydantic's report of a settings model names fields, not variables)."""
+    try:
+        return Settings()
+    except ValidationError as invalid:
+        console = Console(stderr=True)
+        for error in invalid.errors(include_url=False):
+            variable = "COLLAB_" + "_".join(map(str, error["loc"])).upper()
+            reason = error["msg"].removeprefix("Value error, ")
+            console.print(f"[red]error:[/red] {variable}: {escape(reason)}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 @cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind (COLLAB_HOST).")] = None,
@@ -58,7 +73,7 @@ def serve(
     ] = 1,
 ) -> None:
     """Run the server (applies migrations first, retrying until the database is up)."""
-    settings = Settings()
+    settings = settings_or_exit()
     configure_logging(settings)
     if workers > 1 and not is_postgresql(settings.database_url):
         # Processes share rooms through PostgreSQL. Beside a SQLite file's one process, a second
@@ -89,7 +104,7 @@ def serve(
 @cli.command()
 def migrate() -> None:
     """Create or upgrade the database schema."""
-    settings = Settings()
+    settings = settings_or_exit()
     configure_logging(settings)
     upgrade_database(settings.database_url)
     typer.echo(f"database {redact(settings.database_url)} is up to date")
@@ -109,7 +124,7 @@ def compact(
     ] = False,
 ) -> None:
     """Fold rooms' update logs into snapshots (safe beside a running server)."""
-    settings = Settings()
+    settings = settings_or_exit()
     console = Console()
     if bool(room_ids) == all_rooms:
         console.print("[red]error:[/red] name rooms to compact, or pass --all (not both)")

@@ -6,10 +6,12 @@ Every limit has a name, a default and a reason; `docs/configuration.md` lists th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crdt_store.urls import check_database_url
 
 MIB = 1024 * 1024
 
@@ -21,7 +23,7 @@ class Settings(BaseSettings):
     def token_secret_bytes(self) -> bytes | None:
         return self.token_secret.get_secret_value().encode() if self.token_secret else None
 
-    database_url: str = Field(
+    database_url: Annotated[str, AfterValidator(check_database_url)] = Field(
         "sqlite:///collab.sqlite3",
         description="postgresql://user@host:port/db or sqlite:///path. The default needs no "
         "setup: a SQLite file in the working directory.",

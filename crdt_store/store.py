@@ -22,7 +22,6 @@ from typing import Any
 import psycopg
 from psycopg.abc import PQGen
 from sqlalchemy import delete, event, func, insert, select, text, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -31,7 +30,14 @@ from .appender import APPEND_ROWS, LogAppender, append_parameters
 from .errors import LogChanged, RoomNotFound, StoreUnavailable
 from .schema import room_snapshots, room_updates, rooms
 from .sqlite_appender import BUSY_TIMEOUT_SECONDS, PRAGMAS, SQLiteAppender, append_rows
-from .urls import async_url, is_postgresql, libpq_url, network_parameters, redact
+from .urls import (
+    async_url,
+    is_postgresql,
+    libpq_url,
+    network_parameters,
+    redact,
+    sqlite_path,
+)
 
 
 @dataclass(frozen=True)
@@ -229,6 +235,7 @@ class Store:
     @classmethod
     def connect(cls, url: str, *, pool_size: int = 10, answer_timeout: float = 10.0) -> Store:
         """Create a store for `url` (`postgresql://...` or `sqlite:///path`); connects lazily.
+        A URL it cannot run on raises `ValueError` (see `urls.check_database_url`).
 
         PostgreSQL: each answer of the database (a statement's result, a batch of rows, a
         commit, a new connection) is awaited at most `answer_timeout` seconds, then the
@@ -245,11 +252,12 @@ class Store:
         hand-off from the event loop an append.
         """
         if not is_postgresql(url):
+            path = sqlite_path(url)
             engine = create_async_engine(
                 async_url(url), connect_args={"timeout": BUSY_TIMEOUT_SECONDS}
             )
             _configure_sqlite(engine)
-            return cls(engine, url, appender=SQLiteAppender(make_url(url).database or ""))
+            return cls(engine, url, appender=SQLiteAppender(path))
         connect = answer_bounded_connector(answer_timeout)
         network = network_parameters(url, answer_timeout)
         return cls(

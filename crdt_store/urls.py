@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 _ASYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+aiosqlite"}
 _SYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite"}
@@ -19,6 +20,41 @@ def _backend(url: URL) -> str:
             f"unsupported database URL scheme {url.drivername!r}: use postgresql or sqlite"
         )
     return backend
+
+
+def check_database_url(raw: str) -> str:
+    """`raw`, if the store can run on it; else a `ValueError` saying why (for settings)."""
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ValueError(
+            "not a database URL: use postgresql://user@host:port/db or sqlite:///path"
+        ) from None
+    if _backend(url) == "sqlite":
+        sqlite_path(raw)
+    return raw
+
+
+def sqlite_path(raw: str) -> str:
+    """The file a `sqlite:///path` URL names.
+
+    Every connection of the store opens this path, the log appender's own with sqlite3 itself,
+    so an in-memory database (a new, empty one per connection) and URL options (which the
+    appender would not see) are refused rather than served from a database the migrations
+    never touched.
+    """
+    url = make_url(raw)
+    if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
+        raise ValueError(
+            f"{raw!r} names no SQLite file (in memory, each connection would get an empty "
+            "database of its own): use sqlite:///path/to/file"
+        )
+    if url.query:
+        raise ValueError(
+            f"{raw!r} has options ({', '.join(url.query)}), which the store does not apply: "
+            "use sqlite:///path/to/file"
+        )
+    return url.database
 
 
 def async_url(raw: str) -> URL:

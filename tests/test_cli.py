@@ -20,8 +20,11 @@ from tests.support.server import ServerProcess, child_pids, is_running
 from tests.test_store import loaded_text, typed_updates
 
 
-def collab_server(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLLAB_DATABASE_URL": database_url, "COLUMNS": "200"}
+def collab_server(
+    database_url: str, *args: str, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """`collab-server args...` on this database, with more `COLLAB_*` settings if given."""
+    env = {**os.environ, "COLLAB_DATABASE_URL": database_url, "COLUMNS": "200", **settings}
     return subprocess.run(
         [sys.executable, "-m", "collab_server", *args],
         env=env,
@@ -149,6 +152,21 @@ def test_serve_refuses_several_workers_on_sqlite(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert "error: --workers 2 needs PostgreSQL" in run.stderr
     assert url in run.stderr
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_serve_refuses_an_in_memory_sqlite_database(url: str) -> None:
+    run = collab_server(url, "serve")
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"error: COLLAB_DATABASE_URL: {url!r} names no SQLite file")
+
+
+def test_a_bad_setting_is_named_by_its_variable_in_one_line(tmp_path: Path) -> None:
+    run = collab_server(f"sqlite:///{tmp_path / 'c.sqlite3'}", "migrate", COLLAB_PORT="eighty")
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        "error: COLLAB_PORT: Input should be a valid integer, unable to parse string as an integer"
+    ]
 
 
 @pytest.fixture

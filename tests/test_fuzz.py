@@ -785,7 +785,8 @@ async def test_a_zero_length_item_closes_only_its_sender(own_server: ServerProce
 
 def openapi_schema() -> dict[str, Any]:
     """The schema the app serves at /openapi.json (building the app touches no database)."""
-    app = create_app(Settings(database_url="sqlite://", web_dist=Path("no-web-client")))
+    settings = Settings(database_url="sqlite:///unopened.sqlite3", web_dist=Path("no-web-client"))
+    app = create_app(settings)
     return app.openapi()
 
 

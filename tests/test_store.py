@@ -560,3 +560,18 @@ def test_network_parameters_written_in_the_url_win() -> None:
     chosen = network_parameters(url, 10.0, connect_timeout=10)
     assert "tcp_user_timeout" not in chosen and "connect_timeout" not in chosen
     assert chosen["keepalives_idle"] == 10
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("sqlite://", "names no SQLite file"),
+        ("sqlite:///:memory:", "names no SQLite file"),
+        ("sqlite:///file:collab?mode=memory&uri=true", "names no SQLite file"),
+        ("sqlite:///collab.sqlite3?mode=ro", "has options"),
+        ("mysql://u@h/db", "unsupported database URL scheme"),
+    ],
+)
+def test_a_url_the_store_cannot_run_on_is_refused_when_connecting(url: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        Store.connect(url)
