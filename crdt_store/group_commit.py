@@ -13,10 +13,11 @@ keystrokes.
 The path of a commit runs in callbacks, not tasks: rooms ask to be flushed at the end of the
 event loop's turn (`gather`), hand their updates over (`submit`), and the statement is sent
 right after, in the same turn; its answer is read by the log connection's reader, which hears
-each room's result at once and sends the next batch. At human typing speed each keystroke is a
-commit, and the wake-ups of the tasks that awaited it (the room's, the group commit's, the
-append's) cost more CPU than the statement's round trip. Where the store cannot send without
-awaiting (SQLite, or no log connection open yet), a task appends instead.
+each room's result at once and sends the next batch (on SQLite, the appender's thread hands the
+result back to the loop). At human typing speed each keystroke is a commit, and the wake-ups of
+the tasks that awaited it (the room's, the group commit's, the append's) cost more CPU than the
+statement's round trip. Where the store cannot send without awaiting (PostgreSQL with no log
+connection open yet), a task appends instead.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from functools import partial
 from types import TracebackType
 from typing import Any, NamedTuple
-
-import psycopg
 
 from .errors import RoomNotFound
 from .store import Store
@@ -180,16 +179,16 @@ class GroupCommitter:
         self,
         batches: Mapping[str, Sequence[bytes]],
         waiters: _Waiters,
-        outcome: dict[str, int] | psycopg.Error,
+        outcome: dict[str, int] | Exception,
     ) -> None:
-        if isinstance(outcome, psycopg.Error):
+        if isinstance(outcome, Exception):
             # What the error means (a lost connection?) is settled by awaiting the store.
             self._run(self._fail(batches, waiters, outcome))
         else:
             self._settle(batches, waiters, outcome)
 
     async def _fail(
-        self, batches: Mapping[str, Sequence[bytes]], waiters: _Waiters, error: psycopg.Error
+        self, batches: Mapping[str, Sequence[bytes]], waiters: _Waiters, error: Exception
     ) -> None:
         await self._settle_awaited(batches, waiters, self._store.append_failure(error))
 

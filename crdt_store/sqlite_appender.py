@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
+from functools import partial
+from queue import SimpleQueue
 from typing import Any, Protocol
 
 from .errors import StoreUnavailable
@@ -69,42 +71,87 @@ def _timestamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+#: A call for the appender's thread, the loop to answer on, and who hears the outcome there.
+_Job = tuple[Callable[[], object], asyncio.AbstractEventLoop, Callable[[Any], None]]
+#: What `SQLiteAppender.try_send` reports: the rooms' heads, or the error that ended the append
+#: (`StoreUnavailable` when SQLite cannot write; else the statement's own).
+Answer = Callable[["dict[str, int] | Exception"], None]
+
+
 class SQLiteAppender:
-    """Runs `append_rows` in a transaction of its own, one at a time, on a connection it opens
-    when first needed and closes after an error (the next append opens another). Its thread
-    starts with the first append and ends at `close`."""
+    """Runs `append_rows` in a transaction of its own, one at a time in the order asked, on a
+    connection it opens when first needed and closes after an error (the next append opens
+    another). Its thread starts with the first append and ends at `close`.
+
+    The thread hands each outcome back with `call_soon_threadsafe`, with no future or task on
+    either side: at human typing speed each keystroke is a commit, and the group commit's path
+    (`try_send`) then wakes nothing but the event loop.
+    """
 
     def __init__(self, path: str, *, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
-        self._thread: ThreadPoolExecutor | None = None
+        #: Work for the thread, in order: a call, the loop to answer on and who hears it; None
+        #: ends the thread.
+        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
+        self._thread: threading.Thread | None = None
         #: Used on the appender's thread only.
         self._conn: sqlite3.Connection | None = None
+
+    def try_send(self, batches: Mapping[str, Sequence[bytes]], done: Answer) -> bool:
+        """Queue the append for the thread; `done` hears its outcome from the event loop.
+        Always True: SQLite needs no connection open beforehand."""
+        self._ask(partial(self._append, batches), done)
+        return True
 
     async def append(self, batches: Mapping[str, Sequence[bytes]]) -> dict[str, int]:
         """The rooms' heads after the append (rooms gone are absent). Raises `StoreUnavailable`
         when SQLite cannot write (its write lock still held after the busy timeout, a full
         disk, an unreadable file). Cancelled, the append still commits or rolls back whole."""
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-append")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._thread, self._append, batches
-            )
-        except (sqlite3.OperationalError, sqlite3.InterfaceError) as error:
-            raise StoreUnavailable(f"database unavailable: {error}") from error
+        heads = await self._asked(partial(self._append, batches))
+        assert isinstance(heads, dict)
+        return heads
 
     async def reset(self) -> None:
-        """Close the connection (after a failure seen elsewhere)."""
+        """Close the connection (after a failure seen elsewhere), after the appends already
+        asked for."""
         if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
+            await self._asked(self._close)
 
     async def close(self) -> None:
-        """Close the connection and end the thread, after the appends already asked for."""
+        """As `reset`, then end the thread."""
         await self.reset()
         thread, self._thread = self._thread, None
         if thread is not None:
-            thread.shutdown()
+            self._jobs.put(None)
+            thread.join()  # at once: the thread is idle, its last job answered
+
+    def _ask(self, work: Callable[[], object], done: Callable[[Any], None]) -> None:
+        if self._thread is None:
+            # A daemon: a store never closed must not keep the interpreter from exiting (a
+            # commit cut short by the exit rolls back whole).
+            self._thread = threading.Thread(target=self._serve, name="sqlite-append", daemon=True)
+            self._thread.start()
+        self._jobs.put((work, asyncio.get_running_loop(), done))
+
+    async def _asked(self, work: Callable[[], object]) -> object:
+        answered: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        self._ask(work, partial(_settle, answered))
+        return await answered
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            work, loop, done = job
+            outcome: object
+            try:
+                outcome = work()
+            except (sqlite3.OperationalError, sqlite3.InterfaceError) as error:
+                outcome = StoreUnavailable(f"database unavailable: {error}")
+                outcome.__cause__ = error
+            except Exception as error:
+                outcome = error
+            with suppress(RuntimeError):  # the loop is closed: nobody is left to hear it
+                loop.call_soon_threadsafe(done, outcome)
 
     def _append(self, batches: Mapping[str, Sequence[bytes]]) -> dict[str, int]:
         conn = self._conn or self._open()
@@ -135,3 +182,12 @@ class SQLiteAppender:
             if conn.in_transaction:
                 conn.rollback()
         conn.close()
+
+
+def _settle(future: asyncio.Future[object], outcome: object) -> None:
+    if future.done():  # cancelled: the work ran anyway
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -249,7 +249,7 @@ class Store:
         pre-ping, whose round trip cost as much as the append; a connection that died since its
         last use fails the append as `StoreUnavailable` (the room retries) and is replaced.
         On SQLite they run on a connection and a thread of their own (`SQLiteAppender`), one
-        hand-off from the event loop an append.
+        hand-off to the thread and one back an append.
         """
         if not is_postgresql(url):
             path = sqlite_path(url)
@@ -431,26 +431,24 @@ class Store:
     def try_append(
         self,
         batches: Mapping[str, Sequence[bytes]],
-        done: Callable[[dict[str, int] | psycopg.Error], None],
+        done: Callable[[dict[str, int] | Exception], None],
     ) -> bool:
-        """`append_batches` without a task (PostgreSQL, its log connection open and idle): sent
-        now; `done` hears, from the event loop, the rooms' heads after it (rooms gone are
-        absent), or an error for `append_failure`. False (nothing sent): call
-        `append_batches`."""
-        if not isinstance(self._appender, LogAppender):  # SQLite: appends on its thread
-            return False
+        """`append_batches` without a task: sent now (PostgreSQL: its log connection open and
+        idle; SQLite: always, to the appender's thread); `done` hears, from the event loop,
+        the rooms' heads after it (rooms gone are absent), or an error for `append_failure`.
+        False (nothing sent): call `append_batches`."""
         ordered = _in_lock_order(batches)
         return bool(ordered) and self._appender.try_send(ordered, done)
 
-    async def append_failure(self, error: psycopg.Error) -> Exception:
+    async def append_failure(self, error: Exception) -> Exception:
         """What an error `try_append` reported means, as `append_batches` would have raised it:
-        `StoreUnavailable` if the connection is lost (idle connections are closed too), else
-        the statement's own error."""
-        assert isinstance(self._appender, LogAppender)
-        failure = await self._appender.failure(error)
-        if isinstance(failure, StoreUnavailable):
+        `StoreUnavailable` if the database cannot be written or the connection is lost (idle
+        connections are closed too), else the statement's own error."""
+        if isinstance(self._appender, LogAppender) and isinstance(error, psycopg.Error):
+            error = await self._appender.failure(error)
+        if isinstance(error, StoreUnavailable):
             await self._dispose_pools()
-        return failure
+        return error
 
     async def load_room_state(
         self, room_id: str, *, after: int = 0, upto: int | None = None

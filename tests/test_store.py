@@ -350,6 +350,46 @@ async def test_a_commit_interval_below_uvloops_timer_resolution_arms_one_timer_a
     assert loop.timers <= 5 * len(commits)
 
 
+async def test_the_group_commit_awaits_no_append_after_the_first(store: Store) -> None:
+    """Each commit is sent from the event loop's callbacks and its outcome heard in one (on
+    SQLite, handed back by the appender's thread); only PostgreSQL's first awaits its
+    connection's opening."""
+    room = await store.create_room(name="r", language="plaintext")
+    awaited: list[object] = []
+    append_batches = store.append_batches
+
+    async def counting(batches):  # type: ignore[no-untyped-def]
+        awaited.append(batches)
+        return await append_batches(batches)
+
+    store.append_batches = counting  # type: ignore[method-assign]
+    async with GroupCommitter(store) as committer:
+        for seq, update in enumerate(typed_updates("0123456789"), start=1):
+            assert await committer.append(room.id, [update]) == (seq, seq)
+    assert len(awaited) <= 1
+    assert await loaded_text(store, room.id) == "0123456789"
+
+
+async def test_an_sqlite_commit_kept_waiting_past_the_busy_timeout_fails_then_the_next_commits(
+    sqlite_url: str,
+) -> None:
+    path = sqlite_url.removeprefix("sqlite:///")
+    engine = Store.connect(sqlite_url).engine
+    store = Store(engine, sqlite_url, appender=SQLiteAppender(path, busy_timeout=0.2))
+    try:
+        room = await store.create_room(name="r", language="plaintext")
+        async with GroupCommitter(store) as committer:
+            with closing(sqlite3.connect(path)) as lock:
+                lock.execute("BEGIN IMMEDIATE")
+                with pytest.raises(StoreUnavailable, match="locked"):
+                    await committer.append(room.id, [text_update("waited")])
+                lock.rollback()
+            assert await committer.append(room.id, [text_update("committed")]) == (1, 1)
+        assert await loaded_text(store, room.id) == "committed"
+    finally:
+        await store.close()
+
+
 async def test_an_append_after_a_quiet_moment_is_committed_at_once(store: Store) -> None:
     room = await store.create_room(name="r", language="plaintext")
     async with GroupCommitter(store, min_interval=30.0) as committer:
