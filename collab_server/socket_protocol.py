@@ -42,7 +42,7 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 from websockets.speedups import apply_mask
 
 #: The key of the scope's extensions under which an accepted socket offers its direct path.
@@ -187,6 +187,11 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         # (unless a client sent some before it, which `websockets` holds and keeps parsing).
         if not self.conn.reader.buffer:
             self._framing = True
+            # websockets' parser, a generator, holds the handshake's request (~2 KB) in its
+            # frame for the connection's life. Between frames (nothing buffered) a fresh frame
+            # parser stands where it stood; websockets swaps parsers so itself (`discard`).
+            self.conn.parser = Protocol.parse(self.conn)
+            next(self.conn.parser)
 
     def attach(self, sink: Sink) -> None:
         self._sink = sink

@@ -375,6 +375,7 @@ async def test_a_served_client_keeps_neither_its_handshake_nor_the_calls_exit_st
         for protocol in pair_protocols():
             assert not hasattr(protocol, "request")
             assert not hasattr(protocol, "response")
+            assert "request" not in protocol.conn.parser.gi_frame.f_locals  # websockets' parser
             assert not [v for v in protocol.scope.values() if isinstance(v, AsyncExitStack)]
         await relayed(writer, observer, "still served")
 
