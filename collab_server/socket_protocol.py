@@ -28,8 +28,9 @@ middleware and routing: ~53 objects the garbage collector tracks, ~9 KB) is rele
 of being held for the connection's life. A full collection walks them all while every room
 waits: with a thousand idle clients, ~247,000 objects with the calls held, ~193,000 without.
 For the same reason the protocol keeps no more than it reads: not the handshake's request and
-response once the 101 response is out, not the exit stacks the app's call left in the scope, and
-not an `asyncio.Queue` for ASGI's `receive` (a `ReceiveQueue` instead).
+response once the 101 response is out, not the exit stacks the app's call left in the scope, not
+an `asyncio.Queue` for ASGI's `receive` (a `ReceiveQueue` instead) nor an `asyncio.Event` for
+`writable` (a `WritableFlag`), and the app waits for the disconnect without a task reading it.
 """
 
 from __future__ import annotations
@@ -66,10 +67,11 @@ class DirectSocket:
     def __init__(self, protocol: DirectWebSocketProtocol) -> None:
         self._protocol = protocol
 
-    def attach(self, sink: Sink) -> None:
+    def attach(self, sink: Sink, disconnected: Callable[[], None]) -> None:
         """Deliver every message from now on to `sink`, in `data_received`, starting with the
-        messages that wait in uvicorn's queue; only disconnects go through ASGI's `receive`."""
-        self._protocol.attach(sink)
+        messages that wait in uvicorn's queue; call `disconnected` once the client is gone (at
+        once if it is already), in place of ASGI's `receive` reporting it."""
+        self._protocol.attach(sink, disconnected)
 
     def pause_reading(self) -> None:
         """Deliver nothing more, not even what was read already, until `resume_reading`."""
@@ -93,18 +95,25 @@ class ReceiveQueue:
     """What uvicorn's protocol asks of its queue of events for ASGI's `receive` (`put_nowait`,
     `get`, `get_nowait`, `empty`), for the one reader it has. An `asyncio.Queue` holds three
     deques and an event (~3 KB) for the connection's life, where after the hand-over the queue
-    carries only the disconnect."""
+    carries only the disconnect; `on_disconnect` hears of that without a reader waiting."""
 
-    __slots__ = ("_events", "_waiter")
+    __slots__ = ("_events", "_waiter", "on_disconnect")
 
     def __init__(self) -> None:
         self._events: list[Any] = []
         self._waiter: asyncio.Future[None] | None = None
+        #: Called as each disconnect event is queued (uvicorn may queue more than one).
+        self.on_disconnect: Callable[[], None] | None = None
 
     def put_nowait(self, event: Any) -> None:
         self._events.append(event)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        if self.on_disconnect is not None and event["type"] == "websocket.disconnect":
+            self.on_disconnect()
+
+    def holds_disconnect(self) -> bool:
+        return any(event["type"] == "websocket.disconnect" for event in self._events)
 
     def empty(self) -> bool:
         return not self._events
@@ -126,12 +135,53 @@ class ReceiveQueue:
         return self._events.pop(0)
 
 
+class WritableFlag:
+    """What uvicorn's protocol asks of its `writable` event (`set`, `clear`, `is_set`, `wait`),
+    with a list of waiters made only while some wait: an `asyncio.Event` holds an empty deque
+    (~600 bytes) for the connection's life, where a socket's buffer is seldom full."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+
 class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol, with `DirectSocket` offered to the app."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.queue = ReceiveQueue()  # type: ignore[assignment]
+        self._receive_queue = ReceiveQueue()
+        self.queue = self._receive_queue  # type: ignore[assignment]
+        self.writable = WritableFlag()  # type: ignore[assignment]
         self._sink: Sink | None = None
         self._paused = False
         self._peer_gone = False
@@ -193,17 +243,20 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.parser = Protocol.parse(self.conn)
             next(self.conn.parser)
 
-    def attach(self, sink: Sink) -> None:
+    def attach(self, sink: Sink, disconnected: Callable[[], None]) -> None:
         self._sink = sink
         waiting: deque[bytes | str] = deque()
         while not self.queue.empty():
             event = self.queue.get_nowait()
             if event["type"] != "websocket.receive":
-                self.queue.put_nowait(event)  # a disconnect: the app's `receive` takes it
+                self.queue.put_nowait(event)  # a disconnect: all that follows it
                 break
             data, text = event.get("bytes"), event.get("text")
             waiting.append(data if data is not None else text or "")
         self._waiting = waiting or None
+        self._receive_queue.on_disconnect = disconnected
+        if self._receive_queue.holds_disconnect():
+            disconnected()
         self.read_paused = False  # uvicorn's pause, for its queue: delivery pauses from now on
         self._release()
 

@@ -29,7 +29,12 @@ from websockets.uri import parse_uri
 from collab_server.app import create_app
 from collab_server.closecodes import CloseCode
 from collab_server.settings import Settings
-from collab_server.socket_protocol import DirectWebSocketProtocol, ReceiveQueue, server_frame
+from collab_server.socket_protocol import (
+    DirectWebSocketProtocol,
+    ReceiveQueue,
+    WritableFlag,
+    server_frame,
+)
 from collab_server.ws import room_socket
 from tests.conftest import ServerFactory
 from tests.support.server import ServerProcess, free_port
@@ -401,6 +406,56 @@ async def test_the_receive_queue_hands_events_in_order_to_its_one_reader() -> No
     assert await reading == "first"
     assert queue.get_nowait() == "second"
     assert queue.empty()
+
+
+async def test_a_served_client_waits_for_its_disconnect_in_no_task(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A task reading the disconnect through ASGI's `receive` held ~2 KB a connection."""
+    async with synced_pair(sqlite_url, tmp_path) as (writer, observer):
+        coroutines = [task.get_coro() for task in asyncio.all_tasks()]
+        assert [
+            c for c in coroutines if getattr(c, "__qualname__", "") == "WebSocket.receive"
+        ] == []
+        assert not [p.writable for p in pair_protocols() if isinstance(p.writable, asyncio.Event)]
+        await relayed(writer, observer, "still served")
+
+
+async def test_a_room_lets_go_of_a_direct_client_as_it_disconnects(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    settings = Settings(database_url=sqlite_url, web_dist=tmp_path / "no-web-client")
+    async with (
+        in_process_server(settings) as base_url,
+        httpx.AsyncClient(base_url=base_url) as http,
+    ):
+        room_id = (await http.post("/api/v1/rooms", json={})).raise_for_status().json()["id"]
+
+        async def clients() -> int:
+            detail = (await http.get(f"/api/v1/rooms/{room_id}")).raise_for_status().json()
+            return int(detail["clients"])
+
+        url = f"{base_url.replace('http', 'ws')}/ws/{room_id}"
+        async with connect(url, compression=None) as client:
+            await client.send(SYNC_REQUEST)
+            await client.recv()
+            assert await clients() == 1
+            client.transport.abort()  # gone without a closing handshake
+        with anyio.fail_after(10):
+            while await clients():
+                await asyncio.sleep(0.02)
+
+
+async def test_the_writable_flag_wakes_every_sender_waiting_when_set() -> None:
+    flag = WritableFlag()
+    assert flag.is_set()
+    flag.clear()
+    waiting = [asyncio.ensure_future(flag.wait()) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiting)
+    flag.set()
+    assert await asyncio.gather(*waiting) == [True, True]
+    assert await flag.wait()
 
 
 async def test_a_client_with_nothing_to_write_has_no_writer_task(
