@@ -249,7 +249,7 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
         while not self.queue.empty():
             event = self.queue.get_nowait()
             if event["type"] != "websocket.receive":
-                self.queue.put_nowait(event)  # a disconnect: all that follows it
+                self.queue.put_nowait(event)  # a disconnect, the last event: left queued
                 break
             data, text = event.get("bytes"), event.get("text")
             waiting.append(data if data is not None else text or "")

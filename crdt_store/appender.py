@@ -238,8 +238,11 @@ class LogAppender:
             await self._drop()
 
     async def close(self) -> None:
-        """At the store's close: as `reset` (an append in flight keeps its connection)."""
-        await self.reset()
+        """At the store's close: close the connection once the append in flight, if any, is
+        answered (or abandoned at its answer timeout)."""
+        async with self._lock:
+            await self._quiet.wait()
+            await self._drop()
 
     def _usable(self) -> bool:
         return (

@@ -35,7 +35,7 @@ from crdt_store.schema import room_updates
 from crdt_store.sqlite_appender import SQLiteAppender
 from crdt_store.store import append_in_transaction
 from crdt_store.urls import network_parameters
-from tests.support.postgres import terminate_connections
+from tests.support.postgres import connections_named, terminate_connections
 from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.anyio
@@ -439,6 +439,23 @@ async def test_an_append_connection_the_database_terminated_fails_one_append_the
         assert sorted(await loaded_text(store, room.id)) == ["a", "b"]
     finally:
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_closing_a_store_with_an_append_in_flight_closes_its_log_connection_once_answered(
+    postgres_url: str,
+) -> None:
+    store = Store.connect(postgres_url)
+    room = await store.create_room(name="r", language="plaintext")
+    await store.append_updates(room.id, [text_update("opens the log connection")])
+    heard: list[dict[str, int] | Exception] = []
+    assert store.try_append({room.id: [text_update("in flight")]}, heard.append)
+    await store.close()
+    assert heard == [{room.id: 2}]
+    name = f"collab-server:append {os.getpid()}"
+    with anyio.fail_after(5):
+        while connections_named(postgres_url, name):
+            await anyio.sleep(0.02)
 
 
 @pytest.mark.postgres

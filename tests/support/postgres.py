@@ -18,3 +18,14 @@ def terminate_connections(database_url: str, application_name: str) -> int:
             [application_name],
         ).fetchall()
     return len(rows)
+
+
+def connections_named(database_url: str, application_name: str) -> int:
+    """How many connections named `application_name` the database serves now."""
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            [application_name],
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
