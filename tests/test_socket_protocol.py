@@ -417,7 +417,15 @@ async def test_a_served_client_waits_for_its_disconnect_in_no_task(
         assert [
             c for c in coroutines if getattr(c, "__qualname__", "") == "WebSocket.receive"
         ] == []
-        assert not [p.writable for p in pair_protocols() if isinstance(p.writable, asyncio.Event)]
+        await relayed(writer, observer, "still served")
+
+
+async def test_a_served_clients_writable_flag_is_no_asyncio_event(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """An `asyncio.Event` holds an empty deque for the connection's life."""
+    async with synced_pair(sqlite_url, tmp_path) as (writer, observer):
+        assert [type(p.writable) for p in pair_protocols()] == [WritableFlag, WritableFlag]
         await relayed(writer, observer, "still served")
 
 

@@ -374,6 +374,7 @@ async def test_an_sqlite_commit_kept_waiting_past_the_busy_timeout_fails_then_th
     sqlite_url: str,
 ) -> None:
     path = sqlite_url.removeprefix("sqlite:///")
+    # The store `connect` makes, but with an appender that gives up on the lock after 0.2 s.
     engine = Store.connect(sqlite_url).engine
     store = Store(engine, sqlite_url, appender=SQLiteAppender(path, busy_timeout=0.2))
     try:
