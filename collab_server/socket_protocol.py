@@ -112,9 +112,6 @@ class ReceiveQueue:
         if self.on_disconnect is not None and event["type"] == "websocket.disconnect":
             self.on_disconnect()
 
-    def holds_disconnect(self) -> bool:
-        return any(event["type"] == "websocket.disconnect" for event in self._events)
-
     def empty(self) -> bool:
         return not self._events
 
@@ -246,16 +243,18 @@ class DirectWebSocketProtocol(WebSocketsSansIOProtocol):
     def attach(self, sink: Sink, disconnected: Callable[[], None]) -> None:
         self._sink = sink
         waiting: deque[bytes | str] = deque()
+        gone = False
         while not self.queue.empty():
             event = self.queue.get_nowait()
             if event["type"] != "websocket.receive":
                 self.queue.put_nowait(event)  # a disconnect, the last event: left queued
+                gone = True
                 break
             data, text = event.get("bytes"), event.get("text")
             waiting.append(data if data is not None else text or "")
         self._waiting = waiting or None
         self._receive_queue.on_disconnect = disconnected
-        if self._receive_queue.holds_disconnect():
+        if gone:
             disconnected()
         self.read_paused = False  # uvicorn's pause, for its queue: delivery pauses from now on
         self._release()

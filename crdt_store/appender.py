@@ -24,12 +24,14 @@ import asyncio
 import os
 import struct
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import psycopg
 from psycopg import pq
 
 from .errors import StoreUnavailable
+from .futures import settle
 
 #: Every room's head bump and every row in ONE statement, a single round trip: the group commit
 #: of many rooms at human typing speed had spent most of its time in one UPDATE round trip per
@@ -277,15 +279,7 @@ class LogAppender:
     async def _answered(self, pgconn: pq.abc.PGconn, expected: pq.ExecStatus) -> pq.abc.PGresult:
         """Wait for the one result of what was sent."""
         answer: asyncio.Future[list[pq.abc.PGresult]] = asyncio.get_running_loop().create_future()
-
-        def answered(results: list[pq.abc.PGresult] | psycopg.Error) -> None:
-            if answer.done():
-                return
-            if isinstance(results, psycopg.Error):
-                answer.set_exception(results)
-            else:
-                answer.set_result(results)
-
+        answered = partial(settle, answer)
         self._await_answer(pgconn, answered)
         try:
             return self._checked(await answer, expected)

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from .errors import RoomNotFound
+from .futures import settle
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class GroupCommitter:
         """`submit`, awaited: the updates' seqs once committed; raises what `Done` would hear."""
         assert self._loop is not None, "use the committer inside `async with`"
         committed: asyncio.Future[Rows] = self._loop.create_future()
-        self.submit(room_id, updates, partial(_settle_future, committed))
+        self.submit(room_id, updates, partial(settle, committed))
         return await committed
 
     def _schedule_gather(self) -> None:
@@ -261,12 +262,3 @@ class GroupCommitter:
             # The rows are committed: their writers must hear so. Other processes read what
             # they were not told from the log.
             logger.exception("announcing a commit failed")
-
-
-def _settle_future(future: asyncio.Future[Rows], outcome: Rows | BaseException) -> None:
-    if future.done():
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)

@@ -22,6 +22,7 @@ from queue import SimpleQueue
 from typing import Any, Protocol
 
 from .errors import StoreUnavailable
+from .futures import settle
 
 #: Seconds a write waits for SQLite's write lock (another writer: a compaction, the admin CLI).
 BUSY_TIMEOUT_SECONDS = 30.0
@@ -136,7 +137,7 @@ class SQLiteAppender:
 
     async def _asked(self, work: Callable[[], object]) -> object:
         answered: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        self._ask(work, partial(_settle, answered))
+        self._ask(work, partial(settle, answered))
         return await answered
 
     def _serve(self) -> None:
@@ -182,12 +183,3 @@ class SQLiteAppender:
             if conn.in_transaction:
                 conn.rollback()
         conn.close()
-
-
-def _settle(future: asyncio.Future[object], outcome: object) -> None:
-    if future.done():  # cancelled: the work ran anyway
-        return
-    if isinstance(outcome, Exception):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
