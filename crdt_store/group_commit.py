@@ -135,15 +135,21 @@ class GroupCommitter:
             self._loop.call_soon(self._gather)
 
     def _gather(self) -> None:
-        # Still marked scheduled while the rooms flush: what they submit joins the commit
-        # started below, without another turn of the loop.
+        self._gather_scheduled = False
+        self._flush_and_start()
+
+    def _flush_and_start(self) -> None:
+        """Run the flushes asked for, then start a commit with what they submitted."""
         flushes, self._flushes = self._flushes, []
+        # Marked scheduled while the rooms flush: what they submit joins the commit started
+        # below, without another turn of the loop.
+        scheduled, self._gather_scheduled = self._gather_scheduled, True
         for flush in flushes:
             try:
                 flush()
             except Exception:
                 logger.exception("flushing a room's updates failed")
-        self._gather_scheduled = False
+        self._gather_scheduled = scheduled
         if self._flushes:  # asked for during the flushes
             self._schedule_gather()
         self._start()
@@ -228,9 +234,12 @@ class GroupCommitter:
         outcome: dict[str, int] | BaseException,
     ) -> None:
         """Tell every waiter of the commit how it ended (`outcome`: the rooms' heads after it,
-        rooms gone absent, or why it failed); then start the next one."""
+        rooms gone absent, or why it failed); then start the next one, with what the waiters
+        flush as they hear it: a room holds what it receives while its batch commits, and
+        flushed in a later turn it would miss the next commit and wait for the one after."""
         assert self._loop is not None
         self._in_flight = False
+        scheduled, self._gather_scheduled = self._gather_scheduled, True
         self._last_commit_ended = self._loop.time()
         if not isinstance(outcome, BaseException):
             self._announce(batches, outcome)
@@ -249,7 +258,8 @@ class GroupCommitter:
                     done(heard)
                 except Exception:
                     logger.exception("a committed batch's listener failed")
-        self._start()
+        self._gather_scheduled = scheduled
+        self._flush_and_start()
 
     def _announce(self, batches: Mapping[str, Sequence[bytes]], heads: dict[str, int]) -> None:
         if self._on_committed is None or not heads:

@@ -299,6 +299,32 @@ async def test_rooms_flushed_in_one_turn_of_the_event_loop_share_one_commit(
         assert await loaded_text(store, room.id) == "ab"
 
 
+async def test_a_room_flushed_as_it_hears_its_commit_joins_the_next_commit(store: Store) -> None:
+    """A room holds what it receives while its batch commits and asks to be flushed as it
+    hears the commit's outcome: that goes in the very next commit, beside what other rooms
+    submitted meanwhile, not in one after it."""
+    first, second = [await store.create_room(name=str(i), language="plaintext") for i in range(2)]
+    commits = counting_commits(store)
+    heard: dict[str, Rows | BaseException] = {}
+    async with GroupCommitter(store) as committer:
+
+        def flush_what_arrived_meanwhile() -> None:
+            committer.submit(first.id, [text_update("b")], partial(heard.__setitem__, "b"))
+
+        def first_committed(outcome: Rows | BaseException) -> None:
+            heard["a"] = outcome
+            committer.gather(flush_what_arrived_meanwhile)
+
+        committer.submit(first.id, [text_update("a")], first_committed)
+        await asyncio.sleep(0)  # the first commit is sent
+        committer.submit(second.id, [text_update("z")], partial(heard.__setitem__, "z"))
+        with anyio.fail_after(5):
+            while len(heard) < 3:
+                await anyio.sleep(0.01)
+    assert commits == [1, 2]
+    assert heard == {"a": Rows(1, 1), "b": Rows(2, 2), "z": Rows(1, 1)}
+
+
 async def test_appends_arriving_within_the_commit_interval_share_one_commit(
     store: Store,
 ) -> None:
