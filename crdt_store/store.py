@@ -104,6 +104,10 @@ def _answer_limit(answer_timeout: float) -> float:
     return max(0.0, min(answer_timeout, deadline - asyncio.get_running_loop().time()))
 
 
+#: Seconds between polls of a psycopg wait that nothing woke (see `_AnswerBoundedConnection`).
+_REPOLL_SECONDS = 60.0
+
+
 class _AnswerBoundedConnection(psycopg.AsyncConnection[Any]):
     """A psycopg connection that stops waiting for a database that stops answering.
 
@@ -113,16 +117,26 @@ class _AnswerBoundedConnection(psycopg.AsyncConnection[Any]):
     invalidates the connection (it never returns to the pool) and the pool's others. Cancelling
     the query instead would make psycopg send a cancel request, which needs a new connection to
     the unreachable server and holds the caller for seconds.
+
+    A wait is polled again only every `_REPOLL_SECONDS`, not psycopg's 0.1 s (its blocking
+    waits' chance to see Ctrl-C): the event loop wakes the wait when the socket is ready, and
+    the fan-out's idle LISTEN connection, waiting for notifications, woke the server ten times
+    a second for nothing (~0.5% of a core, each wake-up unmaking and remaking its reader).
     """
 
     answer_timeout: float = math.inf
     _abandoned_after: float | None = None
 
-    async def wait(self, gen: PQGen[Any], *args: Any, **kwargs: Any) -> Any:
+    async def wait(
+        self,
+        gen: PQGen[Any],
+        interval: float = _REPOLL_SECONDS,
+        timeout: float | None = None,  # noqa: ASYNC109 (psycopg's signature)
+    ) -> Any:
         limit = _answer_limit(self.answer_timeout)
         timer = asyncio.get_running_loop().call_later(limit, self._abandon, limit)
         try:
-            return await super().wait(gen, *args, **kwargs)
+            return await super().wait(gen, interval=interval, timeout=timeout)
         except psycopg.Error as error:
             if self._abandoned_after is None:
                 raise

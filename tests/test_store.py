@@ -33,8 +33,8 @@ from crdt_store import (
 )
 from crdt_store.schema import room_updates
 from crdt_store.sqlite_appender import SQLiteAppender
-from crdt_store.store import append_in_transaction
-from crdt_store.urls import network_parameters
+from crdt_store.store import answer_bounded_connector, append_in_transaction
+from crdt_store.urls import libpq_url, network_parameters
 from tests.support.postgres import connections_named, terminate_connections
 from tests.support.tcp_proxy import TcpProxy
 
@@ -374,6 +374,26 @@ async def test_a_commit_interval_below_uvloops_timer_resolution_arms_one_timer_a
     # One for the interval, and the store's own (its answer watchdog, psycopg's waits): about
     # 2.6 a commit on PostgreSQL. Timer after timer, it took over 10,000.
     assert loop.timers <= 5 * len(commits)
+
+
+@pytest.mark.parametrize(
+    "anyio_backend", [pytest.param(("asyncio", {"loop_factory": TimerCountingLoop}), id="uvloop")]
+)
+async def test_a_wait_for_a_silent_socket_wakes_the_server_only_when_it_ends(
+    postgres_url: str,
+) -> None:
+    """A LISTEN connection waiting for notifications (the fan-out's, all day in a process
+    alone) arms no timer but its answer bound and its end: psycopg's own wait polled again
+    every 0.1 s."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, TimerCountingLoop)
+    connect = answer_bounded_connector(answer_timeout=10.0)
+    async with await connect(libpq_url(postgres_url), autocommit=True) as conn:
+        await conn.execute("LISTEN nobody_speaks_here")
+        armed_before = loop.timers
+        async for notification in conn.notifies(timeout=1.0):
+            raise AssertionError(f"unexpected notification {notification}")
+        assert loop.timers - armed_before <= 2
 
 
 async def test_the_group_commit_awaits_no_append_after_the_first(store: Store) -> None:
