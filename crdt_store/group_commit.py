@@ -13,11 +13,12 @@ keystrokes.
 The path of a commit runs in callbacks, not tasks: rooms ask to be flushed at the end of the
 event loop's turn (`gather`), hand their updates over (`submit`), and the statement is sent
 right after, in the same turn; its answer is read by the log connection's reader, which hears
-each room's result at once and sends the next batch (on SQLite, the appender's thread hands the
-result back to the loop). At human typing speed each keystroke is a commit, and the wake-ups of
-the tasks that awaited it (the room's, the group commit's, the append's) cost more CPU than the
-statement's round trip. Where the store cannot send without awaiting (PostgreSQL with no log
-connection open yet), a task appends instead.
+each room's result at once and sends the next batch, with what the rooms flush as they hear
+theirs (on SQLite, the appender's thread hands the result back to the loop). At human typing
+speed each keystroke is a commit, and the wake-ups of the tasks that awaited it (the room's,
+the group commit's, the append's) cost more CPU than the statement's round trip. Where the
+store cannot send without awaiting (PostgreSQL with no log connection open yet), a task
+appends instead.
 """
 
 from __future__ import annotations
@@ -239,6 +240,7 @@ class GroupCommitter:
         flushed in a later turn it would miss the next commit and wait for the one after."""
         assert self._loop is not None
         self._in_flight = False
+        # The flushes the waiters ask for run below, not in a turn scheduled for them.
         scheduled, self._gather_scheduled = self._gather_scheduled, True
         self._last_commit_ended = self._loop.time()
         if not isinstance(outcome, BaseException):

@@ -316,7 +316,7 @@ async def test_a_room_flushed_as_it_hears_its_commit_joins_the_next_commit(store
             committer.gather(flush_what_arrived_meanwhile)
 
         committer.submit(first.id, [text_update("a")], first_committed)
-        await asyncio.sleep(0)  # the first commit is sent
+        await asyncio.sleep(0)  # the first commit is under way
         committer.submit(second.id, [text_update("z")], partial(heard.__setitem__, "z"))
         with anyio.fail_after(5):
             while len(heard) < 3:
