@@ -355,9 +355,13 @@ class TimerCountingLoop(uvloop.Loop):
         return super().call_later(delay, callback, *args, context=context)
 
 
-@pytest.mark.parametrize(
+#: Runs a test on a `TimerCountingLoop` instead of the default event loop.
+on_timer_counting_uvloop = pytest.mark.parametrize(
     "anyio_backend", [pytest.param(("asyncio", {"loop_factory": TimerCountingLoop}), id="uvloop")]
 )
+
+
+@on_timer_counting_uvloop
 async def test_a_commit_interval_below_uvloops_timer_resolution_arms_one_timer_a_wait(
     store: Store,
 ) -> None:
@@ -376,9 +380,7 @@ async def test_a_commit_interval_below_uvloops_timer_resolution_arms_one_timer_a
     assert loop.timers <= 5 * len(commits)
 
 
-@pytest.mark.parametrize(
-    "anyio_backend", [pytest.param(("asyncio", {"loop_factory": TimerCountingLoop}), id="uvloop")]
-)
+@on_timer_counting_uvloop
 async def test_a_wait_for_a_silent_socket_wakes_the_server_only_when_it_ends(
     postgres_url: str,
 ) -> None:
